@@ -1,0 +1,209 @@
+"""LLMEngine: the synchronous front of the embedded engine.
+
+>>> engine = LLMEngine.from_pretrained("smollm2-135m")
+>>> out = engine.generate(["The capital of France is"], SamplingParams(max_tokens=8))
+>>> out[0].text
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from agentrt.engine.block_pool import BlockPool
+from agentrt.engine.config import EngineConfig
+from agentrt.engine.detokenize import update_text
+from agentrt.engine.loader import LoadedModel, load_model
+from agentrt.engine.model import LlamaModel
+from agentrt.engine.params import SamplingParams
+from agentrt.engine.request import Request, RequestMeta, RequestOutput
+from agentrt.engine.runner import ModelRunner
+from agentrt.engine.scheduler import Scheduler, SchedulerConfig
+
+Prompt = str | Sequence[int]
+
+
+class LLMEngine:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None):
+        self.config = config = config or EngineConfig()
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.device = config.torch_device()
+        self.dtype = config.torch_dtype(self.device)
+        self.model_name = loaded.name
+        self.model_config = mc = loaded.config
+        self.tokenizer = loaded.tokenizer
+        num_blocks = config.kv_cache_tokens // config.block_size
+        model_len = min(mc.max_position_embeddings, num_blocks * config.block_size)
+        self.max_model_len = min(config.max_model_len or model_len, model_len)
+        model = LlamaModel(mc, max_positions=self.max_model_len)
+        model.load_hf_state_dict(loaded.state_dict)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.model.rope_cos, self.model.rope_sin = self.model.rope_cos.float(), self.model.rope_sin.float()
+        self.pool = BlockPool(num_blocks, config.block_size)
+        self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
+                                                   self.max_model_len, config.enable_prefix_caching), self.pool)
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.dtype, self.device)
+        self.eos_token_ids = _eos_ids(mc, self.tokenizer)
+        self.requests: dict[str, Request] = {}
+        self.stream_text = False              # detokenize every step (set by streaming fronts)
+        self._ids = itertools.count()
+        self.num_steps = 0
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = "smollm2-135m", **config: Any) -> "LLMEngine":
+        cfg = EngineConfig(**config)
+        return cls(load_model(name_or_path, seed=cfg.seed) if name_or_path == "tiny-random-llama"
+                   else load_model(name_or_path), cfg)
+
+    # ---------------------------------------------------------------- requests
+    def encode(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt is empty")
+            return self.tokenizer.encode(prompt, add_special_tokens=False)
+        ids = list(prompt)
+        if not all(isinstance(t, int) for t in ids):
+            raise TypeError("a prompt is a string or a sequence of int token ids")
+        return ids
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a conversation, ending with the assistant's turn opening."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def add_request(self, prompt: Prompt, params: SamplingParams | dict | None = None, *,
+                    request_id: str | None = None, meta: RequestMeta | None = None) -> str:
+        """Validate and queue a request; raises ValueError/TypeError without touching other requests."""
+        params = _as_params(params)
+        ids = self.encode(prompt)
+        self._check_prompt(ids)
+        rid = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if rid in self.requests:
+            raise ValueError(f"request id {rid!r} is already in use")
+        req = Request(rid, ids, params, meta or RequestMeta())
+        self.requests[rid] = req
+        self.scheduler.add(req)
+        return rid
+
+    def _check_prompt(self, ids: list[int]) -> None:
+        if not ids:
+            raise ValueError("prompt is empty")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"token ids out of range [0, {vocab}): {bad[:5]}")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt has {len(ids)} tokens but the context holds {self.max_model_len} "
+                             f"(max_model_len; raise kv_cache_tokens or max_model_len, or shorten the prompt)")
+
+    def abort(self, request_id: str) -> bool:
+        """Cancel a request and free its blocks; False if it is unknown or already finished."""
+        req = self.requests.pop(request_id, None)
+        if req is None or req.finished:
+            return False
+        self._finish(req, "abort")
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---------------------------------------------------------------- stepping
+    def step(self) -> list[RequestOutput]:
+        """Run one batch; returns the requests that got a token (finished ones are forgotten)."""
+        return [RequestOutput.of(r) for r in self._step()]
+
+    def _step(self) -> list[Request]:
+        batch = self.scheduler.schedule()
+        if not batch.requests:
+            return []
+        self.num_steps += 1
+        tokens, logits, rows = self.runner.run(batch)
+        self.scheduler.commit(batch)
+        if tokens is None:
+            return []
+        now = time.monotonic()
+        updated = []
+        for j, token in enumerate(tokens.tolist()):
+            req = batch.requests[rows[j]]
+            req.output_token_ids.append(token)
+            if req.first_token_time is None:
+                req.first_token_time = now
+            if req.params.return_logits:
+                req.logits.append(logits[j].clone())
+            self._check_finish(req, token)
+            updated.append(req)
+            if req.finished:
+                self.requests.pop(req.request_id, None)
+        return updated
+
+    def _check_finish(self, req: Request, token: int) -> None:
+        p = req.params
+        if (self.stream_text or p.stop) and update_text(self.tokenizer, req, p.stop):
+            return self._finish(req, "stop")
+        if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_token_ids):
+            return self._finish(req, "stop")
+        if len(req.output_token_ids) >= p.max_tokens or req.num_tokens >= self.max_model_len:
+            return self._finish(req, "length")
+
+    def _finish(self, req: Request, reason: str) -> None:
+        self.scheduler.finish(req, reason)
+        self.runner.sampler.forget(req.request_id)
+        req.finish_time = time.monotonic()
+        if req.detok_offset < len(req.output_token_ids):
+            update_text(self.tokenizer, req, [])
+
+    def generate(self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | dict | None = None, *,
+                 metas: Sequence[RequestMeta] | None = None) -> list[RequestOutput]:
+        """Run prompts to completion as one continuous batch; outputs in prompt order."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        params = _as_params(params)
+        encoded = [self.encode(p) for p in prompts]
+        for ids in encoded:                      # validate all before queueing any
+            self._check_prompt(ids)
+        rids = [self.add_request(ids, params, meta=metas[i] if metas else None) for i, ids in enumerate(encoded)]
+        reqs = {rid: self.requests[rid] for rid in rids}
+        try:
+            while any(not r.finished for r in reqs.values()):
+                self._step()
+        except BaseException:
+            for rid in rids:
+                self.abort(rid)
+            raise
+        return [RequestOutput.of(reqs[rid]) for rid in rids]
+
+    def chat(self, conversations: Sequence[list[dict[str, str]]], params: SamplingParams | dict | None = None) -> list[RequestOutput]:
+        return self.generate([self.apply_chat_template(c) for c in conversations], params)
+
+    # ---------------------------------------------------------------- introspection
+    def stats(self) -> dict[str, Any]:
+        pool = self.pool
+        return {
+            "num_blocks": pool.num_blocks, "block_size": pool.block_size,
+            "blocks_in_use": pool.num_in_use, "blocks_cached_free": pool.num_cached_free,
+            "blocks_free": len(pool.free_queue), "evicted_blocks": pool.stats_evicted_blocks,
+            "prefix_hit_rate": pool.stats_hit_blocks / pool.stats_queried_blocks if pool.stats_queried_blocks else 0.0,
+            "steps": self.num_steps, "waiting": len(self.scheduler.waiting), "running": len(self.scheduler.running),
+        }
+
+
+def _as_params(params: SamplingParams | dict | None) -> SamplingParams:
+    if params is None:
+        return SamplingParams()
+    if isinstance(params, dict):
+        return SamplingParams(**params)
+    if not isinstance(params, SamplingParams):
+        raise TypeError(f"params must be SamplingParams or a dict, not {type(params).__name__}")
+    return params
+
+
+def _eos_ids(model_config, tokenizer) -> frozenset[int]:
+    ids = model_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)

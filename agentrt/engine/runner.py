@@ -1,0 +1,89 @@
+"""Turns a scheduled batch into tensors, runs the model over the paged KV cache, and samples."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from agentrt.engine.attention import AttentionMetadata, PrefillChunk
+from agentrt.engine.model import LlamaModel
+from agentrt.engine.sampler import Sampler
+from agentrt.engine.scheduler import ScheduledBatch
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device):
+        cfg = model.config
+        self.model = model
+        self.block_size = block_size
+        self.device = device
+        n_kv = cfg.num_key_value_heads
+        # one preallocated tensor for the whole device tier: [layers, K/V, blocks, block_size, kv_heads, head_dim]
+        self.kv_cache = torch.zeros(cfg.num_hidden_layers, 2, num_blocks, block_size, n_kv, model.head_dim,
+                                    dtype=dtype, device=device)
+        self.sampler = Sampler()
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.kv_cache[:, :, 0, 0].numel() * self.kv_cache.element_size()
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch) -> tuple[Tensor | None, Tensor | None, list[int]]:
+        """Returns (sampled token ids, their logits, indexes into batch.requests that sampled)."""
+        input_ids, positions, meta, sample_rows, logit_index = self.prepare(batch)
+        hidden = self.model(input_ids, positions, self.kv_cache, meta)
+        if not sample_rows:
+            return None, None, []
+        logits = self.model.logits(hidden[logit_index])
+        reqs = [batch.requests[i] for i in sample_rows]
+        tokens = self.sampler.sample(logits, [r.params for r in reqs], [r.request_id for r in reqs])
+        return tokens, logits, sample_rows
+
+    def prepare(self, batch: ScheduledBatch) -> tuple[Tensor, Tensor, AttentionMetadata, list[int], Tensor]:
+        bs = self.block_size
+        ids: list[int] = []
+        pos_ranges: list[tuple[int, int]] = []
+        tables: list[list[int]] = []
+        sample_rows: list[int] = []
+        logit_index: list[int] = []
+        for row, (req, n) in enumerate(zip(batch.requests, batch.num_new_tokens)):
+            start = req.num_computed_tokens
+            ids.extend(req.tokens(start, start + n))
+            pos_ranges.append((start, start + n))
+            tables.append([b.block_id for b in req.block_table[: -(-(start + n) // bs)]])
+            if start + n == req.num_tokens:
+                sample_rows.append(row)
+                logit_index.append(len(ids) - 1)
+        positions = torch.cat([torch.arange(a, b) for a, b in pos_ranges])
+        max_blocks = max(len(t) for t in tables)
+        table_t = torch.tensor([t + [0] * (max_blocks - len(t)) for t in tables], dtype=torch.long)
+        row_of_token = torch.repeat_interleave(torch.arange(len(tables)), torch.tensor([b - a for a, b in pos_ranges]))
+        slots = table_t[row_of_token, positions // bs] * bs + positions % bs
+        num_decode = sum(1 for n in batch.num_new_tokens if n == 1)
+        meta = AttentionMetadata(slots, num_decode, *self._decode_meta(table_t[:num_decode], pos_ranges[:num_decode]),
+                                 self._prefill_meta(table_t[num_decode:], pos_ranges[num_decode:]))
+        dev = self.device
+        return (torch.tensor(ids, dtype=torch.long, device=dev), positions.to(dev), meta if dev.type == "cpu" else meta.to(dev),
+                sample_rows, torch.tensor(logit_index, dtype=torch.long, device=dev))
+
+    def _decode_meta(self, tables: Tensor, ranges: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+        if not ranges:
+            return tables, torch.empty(0, dtype=torch.bool)
+        used = max(-(-b // self.block_size) for _, b in ranges)
+        tables = tables[:, :used].contiguous()
+        context = torch.tensor([b for _, b in ranges])
+        mask = torch.arange(used * self.block_size) < context.unsqueeze(1)
+        return tables, mask[:, None, None, :]
+
+    def _prefill_meta(self, tables: Tensor, ranges: list[tuple[int, int]]) -> list[PrefillChunk]:
+        chunks, offset = [], 0
+        for table, (a, b) in zip(tables, ranges):
+            n = b - a
+            if a == 0:
+                chunks.append(PrefillChunk(offset, n, True, table, None))
+            else:
+                nb = -(-b // self.block_size)
+                keys = torch.arange(nb * self.block_size)
+                mask = keys.unsqueeze(0) <= torch.arange(a, b).unsqueeze(1)    # bottom-right causal
+                chunks.append(PrefillChunk(offset, n, False, table[:nb].contiguous(), mask))
+            offset += n
+        return chunks

@@ -1,0 +1,156 @@
+"""Continuous batching under a per-step token budget, with chunked prefill and preemption.
+
+Every step, running requests come first (in admission order), each asking for the tokens it
+still has to compute (one for a decode, up to the rest of the budget for a prefill chunk); then
+waiting requests are admitted while budget, sequence slots and blocks last. When blocks run out,
+the newest running request is preempted: its blocks go back to the pool (full ones stay in the
+prefix cache, so resuming often recomputes little) and it waits at the head of the queue.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from agentrt.engine.block_pool import BlockPool, chain_hash
+from agentrt.engine.request import Request, RequestStatus
+
+
+@dataclass(slots=True, frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    max_model_len: int = 2048
+    enable_prefix_caching: bool = True
+
+
+class ScheduledBatch(NamedTuple):
+    requests: list[Request]      # decodes (one new token) first, then prefill chunks
+    num_new_tokens: list[int]
+    num_preempted: int
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, pool: BlockPool):
+        self.config = config
+        self.pool = pool
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+
+    def add(self, req: Request) -> None:
+        self.waiting.append(req)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ---------------------------------------------------------------- one step
+    def schedule(self) -> ScheduledBatch:
+        self.pool.tick()
+        budget = self.config.max_num_batched_tokens
+        chosen: list[tuple[Request, int]] = []
+        preempted = 0
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if self._allocate(req, n):
+                chosen.append((req, n))
+                budget -= n
+                i += 1
+                continue
+            victim = self.running.pop()      # newest request yields its blocks
+            self._preempt(victim)
+            preempted += 1
+            if victim is req:
+                break
+        while self.waiting and budget > 0 and not preempted and len(self.running) < self.config.max_num_seqs:
+            req = self.waiting[0]
+            self._match_prefix(req)
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if not self._allocate(req, n):
+                self._release(req)
+                break
+            self.waiting.popleft()
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)
+            chosen.append((req, n))
+            budget -= n
+        chosen.sort(key=lambda rn: rn[1] != 1)   # decodes first (stable)
+        return ScheduledBatch([r for r, _ in chosen], [n for _, n in chosen], preempted)
+
+    def _match_prefix(self, req: Request) -> None:
+        if req.block_table:
+            return
+        bs = self.pool.block_size
+        if self.config.enable_prefix_caching:
+            self._extend_hashes(req)
+            max_blocks = (req.num_tokens - 1) // bs          # leave at least one token to compute
+            toks = [tuple(req.tokens(j * bs, (j + 1) * bs)) for j in range(max_blocks)]
+            hits = self.pool.match_prefix(req.block_hashes[:max_blocks], toks)
+            self.pool.touch(hits)
+            req.block_table = hits
+        req.num_computed_tokens = len(req.block_table) * bs
+        if req.num_preemptions == 0:
+            req.num_cached_tokens = req.num_computed_tokens
+
+    def _extend_hashes(self, req: Request) -> None:
+        bs = self.pool.block_size
+        hashes = req.block_hashes
+        for j in range(len(hashes), req.num_tokens // bs):
+            hashes.append(chain_hash(hashes[-1] if hashes else None, tuple(req.tokens(j * bs, (j + 1) * bs))))
+
+    def _allocate(self, req: Request, n: int) -> bool:
+        bs = self.pool.block_size
+        need = -(-(req.num_computed_tokens + n) // bs) - len(req.block_table)
+        if need <= 0:
+            return True
+        if need > self.pool.num_free:
+            return False
+        req.block_table.extend(self.pool.allocate(need))
+        return True
+
+    def _release(self, req: Request) -> None:
+        self.pool.free(req.block_table)
+        req.block_table = []
+        req.num_computed_tokens = 0
+
+    def _preempt(self, req: Request) -> None:
+        self._release(req)
+        req.status = RequestStatus.WAITING
+        req.num_preemptions += 1
+        self.waiting.appendleft(req)
+
+    # ---------------------------------------------------------------- after the step
+    def commit(self, batch: ScheduledBatch) -> None:
+        """Advance computed-token counts and register blocks that became full in the prefix cache."""
+        bs = self.pool.block_size
+        caching = self.config.enable_prefix_caching
+        for req, n in zip(batch.requests, batch.num_new_tokens):
+            before = req.num_computed_tokens // bs
+            req.num_computed_tokens += n
+            if not caching:
+                continue
+            table = req.block_table
+            for j in range(before, req.num_computed_tokens // bs):
+                parent = table[j - 1] if j else None
+                canonical = self.pool.cache_full_block(table[j], parent, tuple(req.tokens(j * bs, (j + 1) * bs)))
+                if canonical is not table[j]:     # same prefix computed twice: share the cached copy
+                    self.pool.touch([canonical])
+                    self.pool.free([table[j]])
+                    table[j] = canonical
+
+    def finish(self, req: Request, reason: str) -> None:
+        req.status = RequestStatus.FINISHED
+        req.finish_reason = reason
+        if req in self.running:
+            self.running.remove(req)
+        else:
+            try:
+                self.waiting.remove(req)
+            except ValueError:
+                pass
+        self._release(req)
