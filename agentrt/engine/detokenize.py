@@ -7,13 +7,13 @@ from agentrt.engine.request import Request
 CONTEXT_TOKENS = 4
 
 
-def update_text(tokenizer, req: Request, stop: list[str]) -> bool:
+def update_text(tokenizer, req: Request, stop: list[str], final: bool = False) -> bool:
     """Extend req.text with its new tokens; True when a stop string was found (text cut before it)."""
     out = req.output_token_ids
     start = max(0, req.detok_offset - CONTEXT_TOKENS)
     head = tokenizer.decode(out[start:req.detok_offset], skip_special_tokens=True)
     full = tokenizer.decode(out[start:], skip_special_tokens=True)
-    if full.endswith("\ufffd"):
+    if full.endswith("\ufffd") and not final:
         return False            # an incomplete UTF-8 sequence: wait for the next token
     new = full[len(head):] if full.startswith(head) else full
     old_len = len(req.text)

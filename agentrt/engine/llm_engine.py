@@ -154,7 +154,7 @@ class LLMEngine:
         self.runner.sampler.forget(req.request_id)
         req.finish_time = time.monotonic()
         if req.detok_offset < len(req.output_token_ids):
-            update_text(self.tokenizer, req, [])
+            update_text(self.tokenizer, req, [], final=True)
 
     def generate(self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | dict | None = None, *,
                  metas: Sequence[RequestMeta] | None = None) -> list[RequestOutput]:

@@ -1,0 +1,1 @@
+"""Benchmarks: the engine against its peers (`agentrt bench engine`), workloads, metrics."""

@@ -1,0 +1,117 @@
+"""The engine benchmark's table (rich) and its JSON object."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from typing import Any
+
+import torch
+from rich.table import Table
+
+from agentrt.bench.engine_bench import CaseResult, Measurement, Target
+from agentrt.bench.peers import Absent, Peer
+
+PEER_ORDER = ("agentrt", "transformers", "llama.cpp")
+SHORT = {"transformers": "tf", "llama.cpp": "llama.cpp"}
+
+
+def machine_info(dtype: str, threads: int) -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(), "threads": threads, "torch_threads": torch.get_num_threads(),
+        "processor": _cpu_model(), "platform": platform.platform(), "python": platform.python_version(),
+        "torch_version": torch.__version__, "transformers_version": _version("transformers"),
+        "llama_cpp_version": _version("llama_cpp_python"), "dtype": dtype,
+    }
+
+
+def to_json(model: str, results: list[CaseResult], peers: list[Peer], absent: list[Absent],
+            settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "benchmark": "engine", "model": model, "machine": machine_info(settings["dtype"], settings["threads"]),
+        "settings": settings,
+        "peers": {**{p.name: {"available": True, "detail": p.detail} for p in peers},
+                  **{a.name: {"available": False, "reason": a.reason} for a in absent}},
+        "cases": {r.case.name: _case_json(r, absent) for r in results},
+    }
+
+
+def _case_json(r: CaseResult, absent: list[Absent]) -> dict[str, Any]:
+    c = r.case
+    return {
+        "title": c.title, "kind": c.kind, "unit": c.unit, "higher_is_better": c.higher_is_better,
+        "batch": c.batch, "prompt_tokens": c.shared_len + c.prompt_len, "shared_prefix_tokens": c.shared_len,
+        "new_tokens": c.max_new, "skipped": r.skipped,
+        "results": {**{name: _measurement_json(m) for name, m in r.results.items()},
+                    **{a.name: None for a in absent if not r.skipped}},
+        "ratios": {name: r.ratio(name) for name in PEER_ORDER[1:]},
+        "targets": [{"peer": t.peer, "min_ratio": t.min_ratio, "ratio": r.ratio(t.peer), "met": r.target_met(t)}
+                    for t in c.targets],
+    }
+
+
+def _measurement_json(m: Measurement) -> dict[str, Any]:
+    return {"median": m.median, "runs": m.runs, "warmup_reused": m.warmup_reused,
+            "seconds": round(m.seconds, 3), **m.info}
+
+
+def render_table(results: list[CaseResult], absent: list[Absent], runs: int, title: str) -> Table:
+    absent_names = {a.name for a in absent}
+    table = Table(title=title, caption=f"median of {runs} runs (n=… where fewer: long runs, see --budget-s); "
+                                       f"ratio > 1 means agentrt is better", title_style="bold")
+    table.add_column("case")
+    for name in PEER_ORDER:
+        table.add_column(name, justify="right")
+    for name in PEER_ORDER[1:]:
+        table.add_column(f"vs {name}", justify="right")
+    table.add_column("target")
+    table.add_column("met", justify="center")
+    for r in results:
+        if r.skipped:
+            table.add_row(r.case.title, f"[dim]skipped: {r.skipped}[/]", *[""] * (len(table.columns) - 2))
+            continue
+        cells = [_figure(r.results.get(n), r.case.unit, runs, n in absent_names) for n in PEER_ORDER]
+        ratios = [_ratio(r.ratio(n)) for n in PEER_ORDER[1:]]
+        target = ", ".join(f"≥{t.min_ratio:g}× {SHORT[t.peer]}" for t in r.case.targets) or "—"
+        table.add_row(r.case.title, *cells, *ratios, target, _met(r, r.case.targets))
+    return table
+
+
+def _figure(m: Measurement | None, unit: str, runs: int, is_absent: bool) -> str:
+    if m is None:
+        return "[dim]absent[/]" if is_absent else "[dim]—[/]"
+    fewer = f" [dim](n={len(m.runs)})[/]" if len(m.runs) < runs else ""
+    return f"{m.median:,.1f} {unit}{fewer}"
+
+
+def _ratio(r: float | None) -> str:
+    if r is None:
+        return "[dim]—[/]"
+    return f"[{'green' if r >= 1 else 'red'}]{r:.2f}×[/]"
+
+
+def _met(r: CaseResult, targets: tuple[Target, ...]) -> str:
+    if not targets:
+        return "[dim]—[/]"
+    met = [r.target_met(t) for t in targets]
+    if any(m is None for m in met):
+        return "[dim]n/a[/]" if not any(m is False for m in met) else "[red]no[/]"
+    return "[green]yes[/]" if all(met) else "[red]no[/]"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None

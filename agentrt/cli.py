@@ -1,0 +1,202 @@
+"""The `agentrt` command line: models, generate, demo, bench."""
+from __future__ import annotations
+
+import enum
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from agentrt import __version__
+from agentrt.engine import MODEL_ALIASES, LLMEngine, SamplingParams
+
+DEFAULT_MODEL = "smollm2-135m"
+DEMO_QUESTIONS = (
+    "What is the capital of France?",
+    "Write a haiku about caches.",
+    "Explain in two sentences why 2 + 2 = 4.",
+    "Define a KV cache in one sentence.",
+)
+
+app = typer.Typer(name="agentrt", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+                  pretty_exceptions_enable=False,
+                  help="A runtime for multi-agent LLM programs on an embedded paged-KV engine.",
+                  epilog="Example: agentrt generate 'What is the capital of France?' · agentrt demo")
+bench_app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
+                        help="Benchmarks: the engine against transformers and llama.cpp.",
+                        epilog="Example: agentrt bench engine --cases decode1,prefill512")
+app.add_typer(bench_app, name="bench")
+
+out = Console(highlight=False)               # stdout: results
+err = Console(stderr=True, highlight=False)  # stderr: progress and logs
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model alias (see `agentrt models`) or a local HF directory")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object to stdout instead of text")]
+
+
+class DType(str, enum.Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+def fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Bad models and bad parameters end in one line on stderr and exit code 2, not a traceback."""
+    try:
+        yield
+    except ValidationError as e:
+        fail(f"invalid {e.title}: " + "; ".join(
+            f"{'.'.join(map(str, x['loc'])) or 'value'}: {x['msg']} (got {x.get('input')!r})" for x in e.errors()))
+    except ValueError as e:  # ModelNotFoundError and UnsupportedModelError are ValueErrors
+        fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def load_engine(model: str, **config: Any) -> LLMEngine:
+    with err.status(f"loading {model} ..."):
+        return LLMEngine.from_pretrained(model, **config)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"agentrt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                                help="print the version and exit")] = False) -> None:
+    """A runtime for multi-agent LLM programs on an embedded paged-KV engine."""
+
+
+@app.command(epilog="Example: agentrt models --json")
+def models(as_json: JsonOpt = False) -> None:
+    """List the built-in model aliases."""
+    if as_json:
+        return emit_json({"models": MODEL_ALIASES, "default": DEFAULT_MODEL})
+    table = Table("name", "description")
+    for name, description in MODEL_ALIASES.items():
+        table.add_row(name + (" (default)" if name == DEFAULT_MODEL else ""), description)
+    out.print(table)
+
+
+@app.command(epilog="Example: agentrt generate 'What is a KV cache?' 'Name three rivers.' --max-tokens 48")
+def generate(
+    prompts: Annotated[list[str], typer.Argument(help="one or more prompts, generated as one batch")],
+    model: ModelOpt = DEFAULT_MODEL,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="most tokens per answer")] = 64,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="0 is greedy")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling mass")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="0: no top-k cut")] = 0,
+    seed: Annotated[int | None, typer.Option(help="seed for reproducible sampling")] = None,
+    chat: Annotated[bool, typer.Option(help="wrap each prompt as a user message (chat template)")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate answers for one or more prompts in one batch."""
+    with user_errors():
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+        engine = load_engine(model)
+        t0 = time.perf_counter()
+        outs = (engine.chat([[{"role": "user", "content": p}] for p in prompts], params) if chat
+                else engine.generate(list(prompts), params))
+        elapsed = time.perf_counter() - t0
+    n_new = sum(len(o.token_ids) for o in outs)
+    if as_json:
+        return emit_json({
+            "model": model, "chat": chat, "params": params.model_dump(), "elapsed_s": elapsed,
+            "generated_tokens": n_new, "tokens_per_s": n_new / elapsed,
+            "outputs": [{"prompt": p, "text": o.text, "token_ids": o.token_ids, "finish_reason": o.finish_reason,
+                         "prompt_tokens": len(o.prompt_token_ids), "cached_tokens": o.num_cached_tokens}
+                        for p, o in zip(prompts, outs)],
+        })
+    for p, o in zip(prompts, outs):
+        print_answer(p, o.text)
+    out.print(f"[dim]{n_new} tokens in {elapsed:.2f} s ({n_new / elapsed:.1f} tok/s)[/]")
+
+
+@app.command(epilog="Example: agentrt demo   (what `make demo` runs)")
+def demo(model: ModelOpt = DEFAULT_MODEL,
+         max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="most tokens per answer")] = 96) -> None:
+    """Answer a few questions with the default model in one batched call."""
+    with user_errors():
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+        engine = load_engine(model)
+        err.print(f"[dim]answering {len(DEMO_QUESTIONS)} questions in one batch ...[/]")
+        t0 = time.perf_counter()
+        outs = engine.chat([[{"role": "user", "content": q}] for q in DEMO_QUESTIONS], params)
+        elapsed = time.perf_counter() - t0
+    for q, o in zip(DEMO_QUESTIONS, outs):
+        print_answer(q, o.text)
+    n_new = sum(len(o.token_ids) for o in outs)
+    hit_rate = engine.stats()["prefix_hit_rate"]
+    out.print(f"[bold]{model}[/]: {n_new} tokens generated in {elapsed:.2f} s = [bold]{n_new / elapsed:.1f} tok/s[/] "
+              f"(batch of {len(outs)}, greedy) · prefix hit rate {hit_rate:.0%}")
+
+
+def print_answer(question: str, answer: str) -> None:
+    out.print(Panel(Text(answer.strip() or "(empty)"), title=Text(question, style="bold cyan"),
+                    title_align="left", expand=False))
+
+
+@bench_app.command("engine", epilog="Examples: agentrt bench engine --runs 3 · agentrt bench engine "
+                                    "--cases decode1,prefill512 --json > bench.json")
+def bench_engine(
+    model: ModelOpt = DEFAULT_MODEL,
+    runs: Annotated[int, typer.Option(min=1, help="measured runs per case and peer (median reported)")] = 3,
+    as_json: JsonOpt = False,
+    cases: Annotated[str | None, typer.Option(help="comma-separated subset: prefill512,prefill2048,"
+                                                   "decode1,decode8,decode32,agents32")] = None,
+    dtype: Annotated[DType, typer.Option(help="dtype of agentrt and of the transformers peer")] = DType.float32,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch and llama.cpp")] = 2,
+    budget_s: Annotated[float, typer.Option(min=0, help="per case and peer: start no run predicted to end "
+                                                        "past this many seconds (at least one run)")] = 45.0,
+) -> None:
+    """agentrt vs transformers vs llama.cpp on the same weights, prompts and machine."""
+    from agentrt.bench.engine_bench import run_bench, select_cases
+    from agentrt.bench.peers import build_peers
+    from agentrt.bench.report import render_table, to_json
+
+    with user_errors():
+        selected = select_cases(cases)
+        with err.status(f"loading {model} into agentrt, transformers and llama.cpp ..."):
+            peers, absent = build_peers(model, dtype.value, threads)
+    for a in absent:
+        err.print(f"[yellow]{a.name}: absent[/] ({a.reason})")
+    results = run_bench(peers, selected, runs, budget_s, lambda m: err.print(m, markup=False))
+    settings = {"runs": runs, "budget_s": budget_s, "dtype": dtype.value, "threads": threads,
+                "cases": [c.name for c in selected]}
+    if as_json:
+        return emit_json(to_json(model, results, peers, absent, settings))
+    out.print(render_table(results, absent, runs, f"agentrt bench engine · {model} · {dtype.value} · {threads} threads"))
+    for a in absent:
+        out.print(f"[dim]{a.name}: absent — {a.reason}[/]")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

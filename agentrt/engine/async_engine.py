@@ -1,0 +1,175 @@
+"""asyncio front of the engine: submit a request, then await its result or stream its tokens.
+
+One background task drives the engine; each step runs in a single worker thread so the event loop
+stays free. Requests and aborts from the loop are handed to that thread through queues and applied
+between steps, so the engine's state is only ever touched by one thread.
+
+>>> engine = AsyncLLMEngine.from_pretrained("smollm2-135m")
+>>> out = await engine.generate("Hello", SamplingParams(max_tokens=16))
+>>> async for partial in engine.stream("Hello", SamplingParams(max_tokens=16)):
+...     print(partial.text)
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from agentrt.engine.llm_engine import LLMEngine, Prompt, _as_params
+from agentrt.engine.params import SamplingParams
+from agentrt.engine.request import RequestMeta, RequestOutput
+
+
+class EngineDeadError(RuntimeError):
+    """The engine step failed; requests in flight at that moment fail with this error."""
+
+
+class RequestStream:
+    """Outputs of one request as they come (cumulative: each carries all tokens so far)."""
+
+    def __init__(self, request_id: str):
+        self.request_id = request_id
+        self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self.last: RequestOutput | None = None
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        self._queue.put_nowait(item)
+
+    async def __aiter__(self) -> AsyncIterator[RequestOutput]:
+        while self.last is None or not self.last.finished:
+            item = await self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            self.last = item
+            yield item
+
+    async def result(self) -> RequestOutput:
+        async for _ in self:
+            pass
+        return self.last
+
+
+class AsyncLLMEngine:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        engine.stream_text = True
+        self._streams: dict[str, RequestStream] = {}
+        self._adds: deque[tuple[str, list[int], SamplingParams, RequestMeta | None]] = deque()
+        self._aborts: deque[str] = deque()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentrt-engine")
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._ids = itertools.count()
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = "smollm2-135m", **config: Any) -> "AsyncLLMEngine":
+        return cls(LLMEngine.from_pretrained(name_or_path, **config))
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    # ---------------------------------------------------------------- public API
+    def submit(self, prompt: Prompt, params: SamplingParams | dict | None = None, *,
+               meta: RequestMeta | None = None, request_id: str | None = None) -> RequestStream:
+        """Validate and queue a request (bad input raises here); returns its stream."""
+        params = _as_params(params)
+        ids = self.engine.encode(prompt)
+        self.engine._check_prompt(ids)
+        rid = request_id if request_id is not None else f"areq-{next(self._ids)}"
+        if rid in self._streams or rid in self.engine.requests:
+            raise ValueError(f"request id {rid!r} is already in use")
+        stream = self._streams[rid] = RequestStream(rid)
+        self._adds.append((rid, ids, params, meta))
+        self._ensure_running()
+        self._wakeup.set()
+        return stream
+
+    async def generate(self, prompt: Prompt, params: SamplingParams | dict | None = None, **kw) -> RequestOutput:
+        stream = self.submit(prompt, params, **kw)
+        try:
+            return await stream.result()
+        except asyncio.CancelledError:
+            self.abort(stream.request_id)
+            raise
+
+    async def stream(self, prompt: Prompt, params: SamplingParams | dict | None = None, **kw) -> AsyncIterator[RequestOutput]:
+        stream = self.submit(prompt, params, **kw)
+        try:
+            async for out in stream:
+                yield out
+        finally:
+            if stream.last is None or not stream.last.finished:
+                self.abort(stream.request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Cancel a request; its blocks are freed before the next step."""
+        if request_id in self._streams:
+            self._aborts.append(request_id)
+            if self._wakeup is not None:
+                self._wakeup.set()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._executor.shutdown(wait=True)
+
+    # ---------------------------------------------------------------- the step loop
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._wakeup = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="agentrt-engine-loop")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not (self._adds or self._aborts or self.engine.has_unfinished()):
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            try:
+                outputs, aborted = await loop.run_in_executor(self._executor, self._step)
+            except Exception as exc:            # fail what was in flight, keep serving new requests
+                self._fail_all(exc)
+                continue
+            for rid in aborted:
+                stream = self._streams.pop(rid, None)
+                if stream is not None:
+                    stream.put(asyncio.CancelledError(f"request {rid} was aborted"))
+            for out in outputs:
+                stream = self._streams.get(out.request_id)
+                if stream is None:
+                    continue
+                stream.put(out)
+                if out.finished:
+                    del self._streams[out.request_id]
+
+    def _step(self) -> tuple[list[RequestOutput], list[str]]:
+        """Runs in the engine thread: apply queued adds and aborts, then one step."""
+        while self._adds:
+            rid, ids, params, meta = self._adds.popleft()
+            self.engine.add_request(ids, params, request_id=rid, meta=meta)
+        aborted = []
+        while self._aborts:
+            rid = self._aborts.popleft()
+            self.engine.abort(rid)
+            aborted.append(rid)
+        return self.engine.step(), aborted
+
+    def _fail_all(self, exc: Exception) -> None:
+        for rid in list(self.engine.requests):
+            self.engine.abort(rid)
+        self._adds.clear()
+        error = EngineDeadError(f"engine step failed: {exc!r}")
+        error.__cause__ = exc
+        for stream in self._streams.values():
+            stream.put(error)
+        self._streams.clear()
