@@ -1,15 +1,18 @@
 """Paged attention on CPU (torch): store the step's K/V into blocks, gather by block table, SDPA.
 
 Tokens of a step are packed: decode tokens (one query each) first, then prefill chunks. The
-metadata is built once per step and shared by all layers.
+metadata is built once per step and shared by all layers. Three kinds of work:
 
-`is_causal` in SDPA is top-left aligned, which is wrong once a chunk's queries are fewer than its
-keys (a cached prefix or an earlier chunk), so those chunks get an explicit bottom-right mask.
-GQA in decode folds the query heads of a KV group into the query axis, so K/V are never repeated.
+  * decodes: one padded batch; GQA folds a KV group's query heads into the query axis, so K/V
+    are never repeated;
+  * fresh prefills (no earlier context): attend to the step's own K/V with `is_causal`;
+  * chunks that extend earlier context (a prefix-cache hit, a later chunk of a long prompt): one
+    padded batch with an explicit bottom-right causal mask, since `is_causal` is top-left aligned
+    and wrong once a chunk's queries are fewer than its keys.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -17,27 +20,32 @@ from torch import Tensor
 
 
 @dataclass(slots=True)
-class PrefillChunk:
-    start: int            # offset of the chunk's first token in the packed prefill tokens
-    length: int           # tokens in the chunk
-    fresh: bool           # no earlier tokens: attend to this step's K/V with is_causal
-    block_table: Tensor   # [num_blocks] (when not fresh)
-    mask: Tensor | None   # [length, context] bool (when not fresh)
+class ContextPrefill:
+    """Prefill chunks that attend to cached context, padded to one batch of `rows` x `max_len`."""
+    block_tables: Tensor   # [rows, max_blocks]
+    mask: Tensor           # [rows, 1, max_len, max_blocks * block_size] bool
+    gather_index: Tensor   # [rows * max_len] packed token of each padded query (pads repeat a real one)
+    valid_padded: Tensor   # [tokens] padded positions of the real queries ...
+    valid_packed: Tensor   # [tokens] ... and their packed positions
+    max_len: int
 
 
 @dataclass(slots=True)
 class AttentionMetadata:
-    slot_mapping: Tensor          # [num_tokens] cache slot of every token of the step
-    num_decode: int               # packed tokens [0, num_decode) are decodes
-    decode_block_tables: Tensor   # [num_decode, max_blocks]
-    decode_mask: Tensor           # [num_decode, 1, 1, max_blocks * block_size] bool
-    prefills: list[PrefillChunk]
+    slot_mapping: Tensor                 # [num_tokens] cache slot of every token of the step
+    num_decode: int                      # packed tokens [0, num_decode) are decodes
+    decode_block_tables: Tensor          # [num_decode, max_blocks]
+    decode_mask: Tensor                  # [num_decode, 1, 1, max_blocks * block_size] bool
+    fresh: list[tuple[int, int]]         # (packed start, length) of prefills without earlier context
+    context: ContextPrefill | None
 
     def to(self, device: torch.device) -> "AttentionMetadata":
-        chunks = [PrefillChunk(c.start, c.length, c.fresh, c.block_table.to(device),
-                               None if c.mask is None else c.mask.to(device)) for c in self.prefills]
-        return AttentionMetadata(self.slot_mapping.to(device), self.num_decode,
-                                 self.decode_block_tables.to(device), self.decode_mask.to(device), chunks)
+        ctx = self.context
+        if ctx is not None:
+            ctx = ContextPrefill(*(getattr(ctx, f.name).to(device) if isinstance(getattr(ctx, f.name), Tensor)
+                                   else getattr(ctx, f.name) for f in fields(ctx)))
+        return AttentionMetadata(self.slot_mapping.to(device), self.num_decode, self.decode_block_tables.to(device),
+                                 self.decode_mask.to(device), self.fresh, ctx)
 
 
 def store_kv(cache: Tensor, k: Tensor, v: Tensor, slot_mapping: Tensor) -> None:
@@ -65,16 +73,17 @@ def paged_attention(q: Tensor, k: Tensor, v: Tensor, cache: Tensor, meta: Attent
     nd = meta.num_decode
     if nd:
         kd, vd = gather_kv(cache, meta.decode_block_tables)                 # [B, kvh, L, d]
-        qd = q[:nd].view(nd, n_kv, n_heads // n_kv, d)                       # group heads as queries
+        qd = q[:nd].view(nd, n_kv, n_heads // n_kv, d)
         out[:nd] = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask).view(nd, n_heads, d)
-    for chunk in meta.prefills:
-        lo, hi = nd + chunk.start, nd + chunk.start + chunk.length
-        qp = q[lo:hi].transpose(0, 1).unsqueeze(0)                           # [1, heads, T, d]
-        if chunk.fresh:
-            kp, vp = k[lo:hi].transpose(0, 1).unsqueeze(0), v[lo:hi].transpose(0, 1).unsqueeze(0)
-            o = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=True)
-        else:
-            kp, vp = gather_kv(cache, chunk.block_table.unsqueeze(0))
-            o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=chunk.mask, enable_gqa=True)
-        out[lo:hi] = o[0].transpose(0, 1)
+    for start, length in meta.fresh:
+        sl = slice(start, start + length)
+        qp, kp, vp = (t[sl].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        out[sl] = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=True)[0].transpose(0, 1)
+    ctx = meta.context
+    if ctx is not None:
+        rows = ctx.block_tables.shape[0]
+        qc = q.index_select(0, ctx.gather_index).view(rows, ctx.max_len, n_heads, d).transpose(1, 2)
+        kc, vc = gather_kv(cache, ctx.block_tables)
+        oc = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=ctx.mask, enable_gqa=True)
+        out[ctx.valid_packed] = oc.transpose(1, 2).reshape(-1, n_heads, d)[ctx.valid_padded]
     return out.view(n_tok, n_heads * d)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from agentrt.engine.attention import AttentionMetadata, PrefillChunk
+from agentrt.engine.attention import AttentionMetadata, ContextPrefill
 from agentrt.engine.model import LlamaModel
 from agentrt.engine.sampler import Sampler
 from agentrt.engine.scheduler import ScheduledBatch
@@ -59,8 +59,9 @@ class ModelRunner:
         row_of_token = torch.repeat_interleave(torch.arange(len(tables)), torch.tensor([b - a for a, b in pos_ranges]))
         slots = table_t[row_of_token, positions // bs] * bs + positions % bs
         num_decode = sum(1 for n in batch.num_new_tokens if n == 1)
+        fresh, context = self._prefill_meta(table_t[num_decode:], pos_ranges[num_decode:], num_decode)
         meta = AttentionMetadata(slots, num_decode, *self._decode_meta(table_t[:num_decode], pos_ranges[:num_decode]),
-                                 self._prefill_meta(table_t[num_decode:], pos_ranges[num_decode:]))
+                                 fresh, context)
         dev = self.device
         return (torch.tensor(ids, dtype=torch.long, device=dev), positions.to(dev), meta if dev.type == "cpu" else meta.to(dev),
                 sample_rows, torch.tensor(logit_index, dtype=torch.long, device=dev))
@@ -74,16 +75,28 @@ class ModelRunner:
         mask = torch.arange(used * self.block_size) < context.unsqueeze(1)
         return tables, mask[:, None, None, :]
 
-    def _prefill_meta(self, tables: Tensor, ranges: list[tuple[int, int]]) -> list[PrefillChunk]:
-        chunks, offset = [], 0
-        for table, (a, b) in zip(tables, ranges):
-            n = b - a
-            if a == 0:
-                chunks.append(PrefillChunk(offset, n, True, table, None))
-            else:
-                nb = -(-b // self.block_size)
-                keys = torch.arange(nb * self.block_size)
-                mask = keys.unsqueeze(0) <= torch.arange(a, b).unsqueeze(1)    # bottom-right causal
-                chunks.append(PrefillChunk(offset, n, False, table[:nb].contiguous(), mask))
-            offset += n
-        return chunks
+    def _prefill_meta(self, tables: Tensor, ranges: list[tuple[int, int]], offset: int
+                      ) -> tuple[list[tuple[int, int]], ContextPrefill | None]:
+        """Split prefill chunks into fresh ones and one padded batch of chunks with earlier context."""
+        fresh, ctx_rows, starts = [], [], []
+        for row, (a, b) in enumerate(ranges):
+            (fresh if a == 0 else ctx_rows).append((offset, b - a) if a == 0 else row)
+            starts.append(offset)
+            offset += b - a
+        if not ctx_rows:
+            return fresh, None
+        bs = self.block_size
+        ctx_ranges = [ranges[r] for r in ctx_rows]
+        max_len = max(b - a for a, b in ctx_ranges)
+        max_blocks = max(-(-b // bs) for _, b in ctx_ranges)
+        first = torch.tensor([a for a, _ in ctx_ranges]).view(-1, 1, 1)
+        length = torch.tensor([b - a for a, b in ctx_ranges]).view(-1, 1)
+        t = torch.arange(max_len)
+        keys = torch.arange(max_blocks * bs)
+        mask = keys.view(1, 1, -1) <= (first + t.view(1, -1, 1))          # bottom-right causal
+        packed_start = torch.tensor([starts[r] for r in ctx_rows]).view(-1, 1)
+        valid = t.view(1, -1) < length                                      # [rows, max_len]
+        gather = packed_start + torch.minimum(t.view(1, -1), length - 1)    # pads repeat the last query
+        padded_pos = torch.arange(len(ctx_rows) * max_len).view(-1, max_len)
+        return fresh, ContextPrefill(tables[ctx_rows, :max_blocks].contiguous(), mask.unsqueeze(1),
+                                     gather.reshape(-1), padded_pos[valid], (packed_start + t.view(1, -1))[valid], max_len)
