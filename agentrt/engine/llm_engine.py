@@ -180,6 +180,9 @@ class LLMEngine:
         return self.generate([self.apply_chat_template(c) for c in conversations], params)
 
     # ---------------------------------------------------------------- introspection
+    def kv_cache_dtype(self) -> torch.dtype:
+        return self.runner.kv_cache.dtype
+
     def stats(self) -> dict[str, Any]:
         pool = self.pool
         return {

@@ -45,10 +45,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)   # fused; computes in fp32
 
 
 class DecoderLayer(nn.Module):
@@ -72,9 +69,9 @@ class DecoderLayer(nn.Module):
         qk = apply_rope(qkv[:, :(h + kvh) * d].view(n, h + kvh, d), cos, sin)
         v = qkv[:, (h + kvh) * d:].view(n, kvh, d)
         attn = paged_attention(qk[:, :h], qk[:, h:], v, cache, meta)
-        x = x + self.o_proj(attn)
+        x = torch.addmm(x, attn, self.o_proj.weight.t())                   # residual add fused in the matmul
         gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
-        return x + self.down_proj(F.silu(gate) * up)
+        return torch.addmm(x, F.silu(gate) * up, self.down_proj.weight.t())
 
 
 class LlamaModel(nn.Module):

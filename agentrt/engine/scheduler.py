@@ -67,9 +67,13 @@ class Scheduler:
             preempted += 1
             if victim is req:
                 break
+        inflight = self._inflight_hashes(chosen)
         while self.waiting and budget > 0 and not preempted and len(self.running) < self.config.max_num_seqs:
             req = self.waiting[0]
             self._match_prefix(req)
+            if self._waits_for_inflight(req, inflight):
+                self._release(req)
+                break
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             if not self._allocate(req, n):
                 self._release(req)
@@ -78,6 +82,7 @@ class Scheduler:
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             chosen.append((req, n))
+            inflight |= self._inflight_hashes(chosen[-1:])
             budget -= n
         chosen.sort(key=lambda rn: rn[1] != 1)   # decodes first (stable)
         return ScheduledBatch([r for r, _ in chosen], [n for _, n in chosen], preempted)
@@ -96,6 +101,23 @@ class Scheduler:
         req.num_computed_tokens = len(req.block_table) * bs
         if req.num_preemptions == 0:
             req.num_cached_tokens = req.num_computed_tokens
+
+    def _inflight_hashes(self, chosen: list[tuple[Request, int]]) -> set[int]:
+        """Hashes of full blocks that this step's prefills are computing."""
+        if not self.config.enable_prefix_caching:
+            return set()
+        bs, out = self.pool.block_size, set()
+        for req, n in chosen:
+            if n > 1:
+                self._extend_hashes(req)
+                out.update(req.block_hashes[req.num_computed_tokens // bs:(req.num_computed_tokens + n) // bs])
+        return out
+
+    def _waits_for_inflight(self, req: Request, inflight: set[int]) -> bool:
+        """True when the request's next uncached block is being computed by another request now:
+        admitting it next step turns that block into a cache hit instead of a second computation."""
+        j = req.num_computed_tokens // self.pool.block_size
+        return j < len(req.block_hashes) and req.block_hashes[j] in inflight
 
     def _extend_hashes(self, req: Request) -> None:
         bs = self.pool.block_size
