@@ -6,6 +6,12 @@
                   leaked KV blocks when the test ends
 * `check_blocks`  the block-accounting check, to call inline after a workload
 * `ref_logits`    reference logits at the positions the engine sampled from
+* `logit_error`   max |engine - reference| logit of one RequestOutput (recorded for the summary)
+* `drain`         step an engine to completion with a step bound (a stuck scheduler fails fast)
+* `rand_prompts`  deterministic random byte prompts of given lengths
+
+An autouse guard fails any test that runs over AGENTRT_TEST_TIMEOUT seconds (60; 3x for slow
+tests), so an engine that stops making progress cannot hang the suite.
 
 The engine is tiny and the CPU is small (and often shared): torch runs single-threaded in the
 tests, which is many times faster than two threads fighting over two busy cores. Set
@@ -20,7 +26,8 @@ import threading
 import pytest
 import torch
 
-torch.set_num_threads(int(os.environ.get("AGENTRT_TEST_THREADS", "1")))
+TEST_THREADS = int(os.environ.get("AGENTRT_TEST_THREADS", "1"))
+torch.set_num_threads(TEST_THREADS)
 
 from agentrt.engine import EngineConfig, LLMEngine  # noqa: E402
 from agentrt.engine.loader import load_model  # noqa: E402
@@ -53,13 +60,26 @@ def reference_logits(model, prompt: list[int], generated: list[int]) -> torch.Te
     return out[n - 1: n - 1 + len(generated)]
 
 
+PARITY_ERRORS: dict[str, list[float]] = {}     # model -> measured max |Δlogit| per request, for the summary
+
+
 def max_logit_error(model, output) -> float:
     """max |engine logit - reference logit| over every generated step of one RequestOutput."""
     assert output.logits is not None and len(output.logits) == len(output.token_ids) > 0
     engine_logits = torch.stack(output.logits).float()
     ref = reference_logits(model, output.prompt_token_ids, output.token_ids)
     assert engine_logits.shape == ref.shape
-    return (engine_logits - ref).abs().max().item()
+    err = (engine_logits - ref).abs().max().item()
+    vocab = model.config.vocab_size
+    name = {TINY_VOCAB: "tiny-random-llama", 49152: "smollm2-135m"}.get(vocab, f"vocab {vocab}")
+    PARITY_ERRORS.setdefault(name, []).append(err)
+    return err
+
+
+def pytest_terminal_summary(terminalreporter):
+    for name, errs in sorted(PARITY_ERRORS.items()):
+        terminalreporter.write_line(f"parity vs transformers, {name}: max |Δlogit| {max(errs):.2e} "
+                                    f"over {len(errs)} requests")
 
 
 def run_steps(engine, max_steps: int = 1000) -> dict:
@@ -77,23 +97,26 @@ def run_steps(engine, max_steps: int = 1000) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ hang guard
-TEST_TIMEOUT_S = int(os.environ.get("AGENTRT_TEST_TIMEOUT", "180"))
+TEST_TIMEOUT_S = int(os.environ.get("AGENTRT_TEST_TIMEOUT", "60"))
 
 
-class TestTimeout(Exception):
+class EngineHangTimeout(Exception):
     pass
 
 
 @pytest.fixture(autouse=True)
 def _hang_guard(request):
-    """A scheduler bug shows up as generate() looping forever: turn that into a failure."""
+    """A scheduler bug shows up as generate() looping forever: turn that into a failure.
+    Also restores the torch thread count, which code under test (the CLI's bench) may change."""
+    if torch.get_num_threads() != TEST_THREADS:
+        torch.set_num_threads(TEST_THREADS)
     if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
         yield
         return
     limit = TEST_TIMEOUT_S * (3 if request.node.get_closest_marker("slow") else 1)
 
     def on_alarm(signum, frame):
-        raise TestTimeout(f"test ran over {limit} s (engine hang?)")
+        raise EngineHangTimeout(f"test ran over {limit} s (engine hang?)")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(limit)
@@ -118,7 +141,7 @@ def tiny_ref():
 @pytest.fixture
 def make_engine(tiny_loaded):
     """make_engine(**EngineConfig fields) -> LLMEngine on tiny-random-llama (float32, CPU).
-    At teardown every engine made must have drained without leaking a block."""
+    At teardown, after aborting whatever is still unfinished, no engine made may leak a block."""
     engines: list[LLMEngine] = []
 
     def make(loaded=None, **config) -> LLMEngine:
@@ -130,6 +153,8 @@ def make_engine(tiny_loaded):
 
     yield make
     for engine in engines:
+        for rid in list(engine.requests):       # whatever a (failed) test left running
+            engine.abort(rid)
         assert_no_leaked_blocks(engine)
 
 

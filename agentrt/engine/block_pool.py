@@ -98,6 +98,7 @@ class BlockPool:
         self.cached: dict[int, Block] = {}
         self.policy = policy if policy is not None else LRUPolicy()
         self.clock = 0
+        self._num_cached_free = 0   # cached blocks no request holds (leaves or not): all reclaimable
         self.stats_hit_blocks = 0
         self.stats_queried_blocks = 0
         self.stats_evicted_blocks = 0
@@ -105,12 +106,13 @@ class BlockPool:
     # ---------------------------------------------------------------- capacity
     @property
     def num_free(self) -> int:
-        """Blocks that `allocate` can hand out now (free plus evictable cached)."""
-        return len(self.free_queue) + len(self.policy)
+        """Blocks that `allocate` can hand out now: free ones plus every unreferenced cached one
+        (evicting a leaf makes its parent a leaf, so whole chains are reclaimable)."""
+        return len(self.free_queue) + self._num_cached_free
 
     @property
     def num_cached_free(self) -> int:
-        return sum(1 for b in self.cached.values() if b.ref_count == 0)
+        return self._num_cached_free
 
     @property
     def num_in_use(self) -> int:
@@ -132,6 +134,7 @@ class BlockPool:
         else:
             block = self.policy.pop()
             self._uncache(block)
+            self._num_cached_free -= 1
             self.stats_evicted_blocks += 1
         block.ref_count = 1
         block.last_access = self.clock
@@ -149,8 +152,10 @@ class BlockPool:
     def touch(self, blocks: Sequence[Block]) -> None:
         """Take one more reference on blocks found in the prefix cache."""
         for block in blocks:
-            if block.ref_count == 0 and block.num_cached_children == 0:
-                self.policy.remove(block)
+            if block.ref_count == 0:
+                self._num_cached_free -= 1
+                if block.num_cached_children == 0:
+                    self.policy.remove(block)
             block.ref_count += 1
             block.last_access = self.clock
 
@@ -164,7 +169,9 @@ class BlockPool:
                 continue
             if block.block_hash is None:
                 self.free_queue.append(block)
-            elif block.num_cached_children == 0:
+                continue
+            self._num_cached_free += 1
+            if block.num_cached_children == 0:
                 self.policy.add(block)
 
     # ---------------------------------------------------------------- prefix cache
@@ -205,6 +212,7 @@ class BlockPool:
         while len(self.policy):
             block = self.policy.pop()
             self._uncache(block)
+            self._num_cached_free -= 1
             self.free_queue.append(block)
             dropped += 1
         return dropped
@@ -231,4 +239,7 @@ class BlockPool:
                     assert block.parent.ref_count >= block.ref_count, (block.parent, block)
             children = sum(1 for b in self.cached.values() if b.parent is block)
             assert children == block.num_cached_children, (block, children)
-        assert len(free_ids) + self.num_cached_free + self.num_in_use == self.num_blocks
+        cached_free = sum(1 for b in self.cached.values() if b.ref_count == 0)
+        assert cached_free == self._num_cached_free, (cached_free, self._num_cached_free)
+        in_use = sum(1 for b in self.blocks if b.ref_count > 0)
+        assert in_use == self.num_in_use and len(free_ids) + cached_free + in_use == self.num_blocks

@@ -1,0 +1,165 @@
+"""The `agentrt` CLI, on the tiny model (fast: no real model is loaded)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from agentrt import __version__
+from agentrt.cli import app
+from agentrt.engine import MODEL_ALIASES
+
+TINY = ["--model", "tiny-random-llama"]
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def run(runner: CliRunner, *args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_version(runner):
+    result = run(runner, "--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"agentrt {__version__}"
+
+
+def test_models_json(runner):
+    result = run(runner, "models", "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["models"] == MODEL_ALIASES
+    assert data["default"] in MODEL_ALIASES
+
+
+@pytest.mark.parametrize("command", [["generate"], ["demo"], ["models"], ["bench", "engine"], ["bench"], []])
+def test_every_help_shows_an_example(runner, command):
+    result = run(runner, *command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.stdout
+
+
+def test_generate_json_batch(runner):
+    result = run(runner, "generate", "hello", "what is a cache?", *TINY, "--max-tokens", "5", "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)                 # stdout holds exactly one JSON object
+    assert data["model"] == "tiny-random-llama" and data["chat"] is True
+    assert [o["prompt"] for o in data["outputs"]] == ["hello", "what is a cache?"]
+    for o in data["outputs"]:
+        assert 1 <= len(o["token_ids"]) <= 5 and isinstance(o["text"], str)
+    assert data["generated_tokens"] == sum(len(o["token_ids"]) for o in data["outputs"])
+
+
+def test_generate_text_no_chat(runner):
+    result = run(runner, "generate", "abc", *TINY, "-n", "3", "--no-chat", "--seed", "1", "-t", "0.7")
+    assert result.exit_code == 0, result.stderr
+    assert "abc" in result.stdout and "tok/s" in result.stdout
+
+
+def test_unknown_model_exits_2_with_one_line(runner):
+    result = run(runner, "generate", "hi", "--model", "no-such-model")
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "unknown model 'no-such-model'" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("flag, value, field", [("--temperature", "-1", "temperature"), ("--top-p", "0", "top_p"),
+                                                ("--max-tokens", "0", "max_tokens")])
+def test_bad_sampling_param_exits_2(runner, flag, value, field):
+    result = run(runner, "generate", "hi", *TINY, flag, value)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: invalid SamplingParams: " + field)
+    assert result.stderr.count("\n") == 1
+
+
+def test_bench_unknown_case_exits_2(runner):
+    result = run(runner, "bench", "engine", *TINY, "--cases", "decode1,warp9")
+    assert result.exit_code == 2 and "warp9" in result.stderr
+
+
+def test_bench_engine_json(runner):
+    result = run(runner, "bench", "engine", *TINY, "--cases", "prefill512,decode1", "--runs", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["model"] == "tiny-random-llama"
+    assert {"cpu_count", "torch_version", "dtype"} <= set(data["machine"])
+    assert data["peers"]["agentrt"]["available"] and data["peers"]["transformers"]["available"]
+    assert data["peers"]["llama.cpp"] == {"available": False, "reason": "not applicable: no GGUF for tiny-random-llama"}
+    assert list(data["cases"]) == ["prefill512", "decode1"]
+    for case in data["cases"].values():
+        assert case["unit"] == "tok/s" and case["higher_is_better"]
+        for peer in ("agentrt", "transformers"):
+            m = case["results"][peer]
+            assert m["median"] > 0 and len(m["runs"]) == 1
+        assert case["results"]["llama.cpp"] is None
+        assert case["ratios"]["transformers"] == pytest.approx(
+            case["results"]["agentrt"]["median"] / case["results"]["transformers"]["median"])
+        assert case["ratios"]["llama.cpp"] is None
+        assert case["targets"][0]["peer"] == "transformers" and isinstance(case["targets"][0]["met"], bool)
+
+
+def test_bench_engine_table(runner):
+    result = run(runner, "bench", "engine", *TINY, "--cases", "prefill512,prefill2048", "--runs", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "prefill512" in result.stdout and "absent" in result.stdout
+    assert "prefill2048: skipped" in result.stdout     # tiny's context is 2048 tokens
+    assert "warm-up" in result.stderr                  # progress goes to stderr
+
+
+class FakePeer:
+    """A peer on a fake clock: prefill costs `prefill_s` per call, each further token `token_s`."""
+    name = "fake"
+
+    def __init__(self, clock: list[float], prefill_s: float, token_s: float, short: bool = False):
+        self.clock, self.prefill_s, self.token_s, self.short = clock, prefill_s, token_s, short
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def generate(self, prompts, max_new):
+        self.clock[0] += self.prefill_s + self.token_s * (max_new - 1)
+        return [[1] * (max_new - self.short) for _ in prompts]
+
+    def run_info(self):
+        return {}
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    from agentrt.bench import engine_bench
+
+    clock = [0.0]
+    monkeypatch.setattr(engine_bench.time, "perf_counter", lambda: clock[0])
+    return clock
+
+
+def test_decode_figure_subtracts_the_prefill_run(fake_clock):
+    from agentrt.bench.engine_bench import CASES, measure
+
+    decode8 = next(c for c in CASES if c.name == "decode8")
+    peer = FakePeer(fake_clock, prefill_s=2.0, token_s=0.1)
+    m = measure(peer, decode8, [[5] * 256] * 8, runs=3, budget_s=100, log=lambda _: None)
+    assert m.median == pytest.approx(8 * 63 / 6.3) and len(m.runs) == 3 and not m.warmup_reused
+    assert peer.resets == 8                      # every generate call starts cold (warm-up + 3 runs, 2 calls each)
+
+
+def test_long_warmup_counts_and_budget_stops_runs(fake_clock):
+    from agentrt.bench.engine_bench import LONG_RUN_S, CASES, measure
+
+    agents = next(c for c in CASES if c.name == "agents32")
+    peer = FakePeer(fake_clock, prefill_s=LONG_RUN_S, token_s=0.0)
+    m = measure(peer, agents, [[5] * 8] * 32, runs=3, budget_s=2.5 * LONG_RUN_S, log=lambda _: None)
+    assert m.warmup_reused and m.runs == [LONG_RUN_S, LONG_RUN_S]    # a third would end past the budget
+
+
+def test_short_output_is_an_error_not_a_faster_figure(fake_clock):
+    from agentrt.bench.engine_bench import CASES, BenchError, measure
+
+    peer = FakePeer(fake_clock, prefill_s=1.0, token_s=0.1, short=True)
+    with pytest.raises(BenchError, match=r"expected 1 x \d+ tokens"):
+        measure(peer, CASES[2], [[5] * 256], runs=1, budget_s=10, log=lambda _: None)
