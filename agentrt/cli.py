@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -36,7 +37,8 @@ bench_app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
                         epilog="Example: agentrt bench engine --cases decode1,prefill512")
 app.add_typer(bench_app, name="bench")
 
-out = Console(highlight=False)               # stdout: results
+# stdout: results; when piped (logs, CI) rich would wrap the bench table at 80 columns
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
 err = Console(stderr=True, highlight=False)  # stderr: progress and logs
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model alias (see `agentrt models`) or a local HF directory")]
@@ -166,11 +168,12 @@ def bench_engine(
                                                    "decode1,decode8,decode32,agents32")] = None,
     dtype: Annotated[DType, typer.Option(help="dtype of agentrt and of the transformers peer")] = DType.float32,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch and llama.cpp")] = 2,
-    budget_s: Annotated[float, typer.Option(min=0, help="per case and peer: start no run predicted to end "
-                                                        "past this many seconds (at least one run)")] = 45.0,
+    budget_s: Annotated[float, typer.Option(min=0, help="per case and peer: after the first measured run, "
+                                                        "start none predicted to end past this many seconds")] = 20.0,
+    save: Annotated[Path | None, typer.Option(help="also write the JSON object to this file")] = None,
 ) -> None:
     """agentrt vs transformers vs llama.cpp on the same weights, prompts and machine."""
-    from agentrt.bench.engine_bench import run_bench, select_cases
+    from agentrt.bench.engine_bench import METHOD, run_bench, select_cases
     from agentrt.bench.peers import build_peers
     from agentrt.bench.report import render_table, to_json
 
@@ -180,14 +183,15 @@ def bench_engine(
             peers, absent = build_peers(model, dtype.value, threads)
     for a in absent:
         err.print(f"[yellow]{a.name}: absent[/] ({a.reason})")
-    results = run_bench(peers, selected, runs, budget_s, lambda m: err.print(m, markup=False))
+    results = run_bench(peers, selected, runs, budget_s, lambda m: err.print(m, markup=False, soft_wrap=True))
     settings = {"runs": runs, "budget_s": budget_s, "dtype": dtype.value, "threads": threads,
-                "cases": [c.name for c in selected]}
+                "cases": [c.name for c in selected], "method": METHOD}
+    report = to_json(model, results, peers, absent, settings)
+    if save:
+        save.write_text(json.dumps(report, indent=2) + "\n")
     if as_json:
-        return emit_json(to_json(model, results, peers, absent, settings))
+        return emit_json(report)
     out.print(render_table(results, absent, runs, f"agentrt bench engine · {model} · {dtype.value} · {threads} threads"))
-    for a in absent:
-        out.print(f"[dim]{a.name}: absent — {a.reason}[/]")
 
 
 def main() -> None:

@@ -144,22 +144,34 @@ def test_decode_figure_subtracts_the_prefill_run(fake_clock):
     decode8 = next(c for c in CASES if c.name == "decode8")
     peer = FakePeer(fake_clock, prefill_s=2.0, token_s=0.1)
     m = measure(peer, decode8, [[5] * 256] * 8, runs=3, budget_s=100, log=lambda _: None)
-    assert m.median == pytest.approx(8 * 63 / 6.3) and len(m.runs) == 3 and not m.warmup_reused
-    assert peer.resets == 8                      # every generate call starts cold (warm-up + 3 runs, 2 calls each)
+    assert m.median == pytest.approx(8 * 63 / 6.3) and len(m.runs) == 3
+    assert peer.resets == 6                      # every generate call starts cold (3 runs of 2 calls)
 
 
-def test_long_warmup_counts_and_budget_stops_runs(fake_clock):
-    from agentrt.bench.engine_bench import LONG_RUN_S, CASES, measure
+def test_all_peers_warm_up_first_and_budget_stops_runs(fake_clock):
+    from agentrt.bench.engine_bench import CASES, WARMUP_NEW, run_case
 
     agents = next(c for c in CASES if c.name == "agents32")
-    peer = FakePeer(fake_clock, prefill_s=LONG_RUN_S, token_s=0.0)
-    m = measure(peer, agents, [[5] * 8] * 32, runs=3, budget_s=2.5 * LONG_RUN_S, log=lambda _: None)
-    assert m.warmup_reused and m.runs == [LONG_RUN_S, LONG_RUN_S]    # a third would end past the budget
+    a, b = FakePeer(fake_clock, prefill_s=10.0, token_s=0.0), FakePeer(fake_clock, prefill_s=4.0, token_s=1.0)
+    a.name, b.name = "agentrt", "other"
+    lines: list[str] = []
+    result = run_case([a, b], agents, [[5] * 8] * 32, runs=3, budget_s=25.0, log=lines.append)
+    assert [line.split()[1:3] for line in lines[:2]] == [["agentrt", "warm-up:"], ["other", "warm-up:"]]
+    assert result.results["agentrt"].runs == [10.0]           # warm-up 10 s + run 10 s: a second would end at 30 s
+    assert result.results["agentrt"].warmup_s == 10.0
+    assert result.results["other"].warmup_s == 4.0 + (WARMUP_NEW - 1)    # the warm-up is cut to WARMUP_NEW tokens
+    assert result.ratio("other") == pytest.approx(67.0 / 10.0)            # time case: peer time / agentrt time
+    result = run_case([a], agents, [[5] * 8] * 32, runs=3, budget_s=0.0, log=lines.append)
+    assert result.results["agentrt"].runs == [10.0]           # at least one measured run, whatever the budget
 
 
 def test_short_output_is_an_error_not_a_faster_figure(fake_clock):
-    from agentrt.bench.engine_bench import CASES, BenchError, measure
+    from agentrt.bench.engine_bench import CASES, BenchError, measure, run_case
 
     peer = FakePeer(fake_clock, prefill_s=1.0, token_s=0.1, short=True)
     with pytest.raises(BenchError, match=r"expected 1 x \d+ tokens"):
         measure(peer, CASES[2], [[5] * 256], runs=1, budget_s=10, log=lambda _: None)
+    good = FakePeer(fake_clock, prefill_s=1.0, token_s=0.1)
+    good.name = "agentrt"
+    result = run_case([good, peer], CASES[2], [[5] * 256], runs=1, budget_s=10, log=lambda _: None)
+    assert "agentrt" in result.results and "BenchError" in result.errors["fake"]   # the others' figures survive

@@ -135,7 +135,9 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 def _transformers_model(model: str, dtype: torch.dtype):
     """transformers' own model class with exactly the weights agentrt runs."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     if model == "tiny-random-llama":
         from agentrt.engine.tiny import tiny_config, tiny_reference_model
         return tiny_reference_model(tiny_config()).to(dtype)

@@ -13,7 +13,7 @@ from agentrt.bench.engine_bench import CaseResult, Measurement, Target
 from agentrt.bench.peers import Absent, Peer
 
 PEER_ORDER = ("agentrt", "transformers", "llama.cpp")
-SHORT = {"transformers": "tf", "llama.cpp": "llama.cpp"}
+SHORT = {"transformers": "tf", "llama.cpp": "llama"}
 
 
 def machine_info(dtype: str, threads: int) -> dict[str, Any]:
@@ -43,6 +43,7 @@ def _case_json(r: CaseResult, absent: list[Absent]) -> dict[str, Any]:
         "batch": c.batch, "prompt_tokens": c.shared_len + c.prompt_len, "shared_prefix_tokens": c.shared_len,
         "new_tokens": c.max_new, "skipped": r.skipped,
         "results": {**{name: _measurement_json(m) for name, m in r.results.items()},
+                    **{name: {"error": e} for name, e in r.errors.items()},
                     **{a.name: None for a in absent if not r.skipped}},
         "ratios": {name: r.ratio(name) for name in PEER_ORDER[1:]},
         "targets": [{"peer": t.peer, "min_ratio": t.min_ratio, "ratio": r.ratio(t.peer), "met": r.target_met(t)}
@@ -51,37 +52,43 @@ def _case_json(r: CaseResult, absent: list[Absent]) -> dict[str, Any]:
 
 
 def _measurement_json(m: Measurement) -> dict[str, Any]:
-    return {"median": m.median, "runs": m.runs, "warmup_reused": m.warmup_reused,
+    return {"median": m.median, "runs": m.runs, "warmup_s": round(m.warmup_s, 3),
             "seconds": round(m.seconds, 3), **m.info}
 
 
 def render_table(results: list[CaseResult], absent: list[Absent], runs: int, title: str) -> Table:
     absent_names = {a.name for a in absent}
-    table = Table(title=title, caption=f"median of {runs} runs (n=… where fewer: long runs, see --budget-s); "
-                                       f"ratio > 1 means agentrt is better", title_style="bold")
+    notes = [f"{a.name}: absent, {a.reason}" for a in absent]
+    notes += [f"{r.case.name}: skipped, {r.skipped}" for r in results if r.skipped]
+    notes += [f"{r.case.name}: {name} failed, {e}" for r in results for name, e in r.errors.items()]
+    caption = "\n".join([f"median of {runs} measured runs after a warm-up, (n=k): fewer (--budget-s); "
+                          "vs > 1× means agentrt is better", *notes])
+    table = Table(title=title, caption=caption, title_style="bold", caption_justify="left")
     table.add_column("case")
     for name in PEER_ORDER:
         table.add_column(name, justify="right")
     for name in PEER_ORDER[1:]:
-        table.add_column(f"vs {name}", justify="right")
+        table.add_column(f"vs {SHORT[name]}", justify="right")
     table.add_column("target")
     table.add_column("met", justify="center")
     for r in results:
+        case = f"{r.case.name} [dim]{r.case.unit}[/]"
         if r.skipped:
-            table.add_row(r.case.title, f"[dim]skipped: {r.skipped}[/]", *[""] * (len(table.columns) - 2))
+            table.add_row(case, "[dim]skipped[/]", *[""] * (len(table.columns) - 2))
             continue
-        cells = [_figure(r.results.get(n), r.case.unit, runs, n in absent_names) for n in PEER_ORDER]
+        cells = ["[red]error[/]" if n in r.errors else _figure(r.results.get(n), runs, n in absent_names)
+                 for n in PEER_ORDER]
         ratios = [_ratio(r.ratio(n)) for n in PEER_ORDER[1:]]
-        target = ", ".join(f"≥{t.min_ratio:g}× {SHORT[t.peer]}" for t in r.case.targets) or "—"
-        table.add_row(r.case.title, *cells, *ratios, target, _met(r, r.case.targets))
+        target = " ".join(f"≥{t.min_ratio:g}× {SHORT[t.peer]}" for t in r.case.targets) or "—"
+        table.add_row(case, *cells, *ratios, target, _met(r, r.case.targets))
     return table
 
 
-def _figure(m: Measurement | None, unit: str, runs: int, is_absent: bool) -> str:
+def _figure(m: Measurement | None, runs: int, is_absent: bool) -> str:
     if m is None:
         return "[dim]absent[/]" if is_absent else "[dim]—[/]"
     fewer = f" [dim](n={len(m.runs)})[/]" if len(m.runs) < runs else ""
-    return f"{m.median:,.1f} {unit}{fewer}"
+    return f"{m.median:,.1f}{fewer}" if m.median >= 10 else f"{m.median:.2f}{fewer}"
 
 
 def _ratio(r: float | None) -> str:

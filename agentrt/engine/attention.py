@@ -4,7 +4,9 @@ Tokens of a step are packed: decode tokens (one query each) first, then prefill 
 metadata is built once per step and shared by all layers. Three kinds of work:
 
   * decodes: one padded batch; GQA folds a KV group's query heads into the query axis, so K/V
-    are never repeated;
+    are never repeated. When the decodes share leading blocks (agents on one system prompt),
+    cascade attention reads those blocks once for all of them and each sequence's own suffix
+    separately, merging the two by their log-sum-exps;
   * fresh prefills (no earlier context): attend to the step's own K/V with `is_causal`;
   * chunks that extend earlier context (a prefix-cache hit, a later chunk of a long prompt): one
     padded batch with an explicit bottom-right causal mask, since `is_causal` is top-left aligned
@@ -34,8 +36,9 @@ class ContextPrefill:
 class AttentionMetadata:
     slot_mapping: Tensor                 # [num_tokens] cache slot of every token of the step
     num_decode: int                      # packed tokens [0, num_decode) are decodes
-    decode_block_tables: Tensor          # [num_decode, max_blocks]
-    decode_mask: Tensor                  # [num_decode, 1, 1, max_blocks * block_size] bool
+    decode_block_tables: Tensor          # [num_decode, max_blocks] (after the shared blocks, if any)
+    decode_mask: Tensor                  # [num_decode, 1, 1, max_blocks * block_size] additive, model dtype
+    decode_shared: Tensor | None         # [shared_blocks] leading blocks common to every decode
     fresh: list[tuple[int, int]]         # (packed start, length) of prefills without earlier context
     context: ContextPrefill | None
 
@@ -44,8 +47,9 @@ class AttentionMetadata:
         if ctx is not None:
             ctx = ContextPrefill(*(getattr(ctx, f.name).to(device) if isinstance(getattr(ctx, f.name), Tensor)
                                    else getattr(ctx, f.name) for f in fields(ctx)))
+        shared = None if self.decode_shared is None else self.decode_shared.to(device)
         return AttentionMetadata(self.slot_mapping.to(device), self.num_decode, self.decode_block_tables.to(device),
-                                 self.decode_mask.to(device), self.fresh, ctx)
+                                 self.decode_mask.to(device), shared, self.fresh, ctx)
 
 
 def store_kv(cache: Tensor, k: Tensor, v: Tensor, slot_mapping: Tensor) -> None:
@@ -64,6 +68,24 @@ def gather_kv(cache: Tensor, block_table: Tensor) -> tuple[Tensor, Tensor]:
     return k.transpose(1, 2), v.transpose(1, 2)
 
 
+_flash_with_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+
+def cascade_decode(q: Tensor, k_own: Tensor, v_own: Tensor, cache: Tensor, meta: AttentionMetadata) -> Tensor:
+    """q: [B, kvh, G, d]. Attention over shared blocks (once, all B*G queries together) plus each
+    sequence's own blocks, combined exactly through the log-sum-exp of each part."""
+    b, kvh, g, d = q.shape
+    k_shared, v_shared = gather_kv(cache, meta.decode_shared.unsqueeze(0))     # [1, kvh, Ls, d]
+    q_all = q.transpose(0, 1).reshape(1, kvh, b * g, d)
+    o1, lse1 = _flash_with_lse(q_all, k_shared, v_shared)[:2]
+    o1 = o1.view(kvh, b, g, d).transpose(0, 1)
+    lse1 = lse1.view(kvh, b, g).transpose(0, 1)
+    o2, lse2 = _flash_with_lse(q, k_own, v_own, attn_mask=meta.decode_mask)[:2]
+    lse = torch.logaddexp(lse1, lse2)
+    w1, w2 = (lse1 - lse).exp_().unsqueeze(-1), (lse2 - lse).exp_().unsqueeze(-1)
+    return (o1 * w1 + o2 * w2).to(q.dtype)
+
+
 def paged_attention(q: Tensor, k: Tensor, v: Tensor, cache: Tensor, meta: AttentionMetadata) -> Tensor:
     """q: [tokens, heads, d]; k, v: [tokens, kv_heads, d]. Returns [tokens, heads * d]."""
     store_kv(cache, k, v, meta.slot_mapping)
@@ -74,7 +96,11 @@ def paged_attention(q: Tensor, k: Tensor, v: Tensor, cache: Tensor, meta: Attent
     if nd:
         kd, vd = gather_kv(cache, meta.decode_block_tables)                 # [B, kvh, L, d]
         qd = q[:nd].view(nd, n_kv, n_heads // n_kv, d)
-        out[:nd] = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask).view(nd, n_heads, d)
+        if meta.decode_shared is None:
+            od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask)
+        else:
+            od = cascade_decode(qd, kd, vd, cache, meta)
+        out[:nd] = od.reshape(nd, n_heads, d)
     for start, length in meta.fresh:
         sl = slice(start, start + length)
         qp, kp, vp = (t[sl].transpose(0, 1).unsqueeze(0) for t in (q, k, v))

@@ -10,6 +10,9 @@ from agentrt.engine.sampler import Sampler
 from agentrt.engine.scheduler import ScheduledBatch
 
 
+MIN_SHARED_BLOCKS = 4   # below this a cascade's extra kernels cost more than the gathers it saves
+
+
 class ModelRunner:
     def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device):
         cfg = model.config
@@ -66,14 +69,27 @@ class ModelRunner:
         return (torch.tensor(ids, dtype=torch.long, device=dev), positions.to(dev), meta if dev.type == "cpu" else meta.to(dev),
                 sample_rows, torch.tensor(logit_index, dtype=torch.long, device=dev))
 
-    def _decode_meta(self, tables: Tensor, ranges: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    def _decode_meta(self, tables: Tensor, ranges: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor | None]:
+        bs = self.block_size
         if not ranges:
-            return tables, torch.empty(0, dtype=torch.bool)
-        used = max(-(-b // self.block_size) for _, b in ranges)
-        tables = tables[:, :used].contiguous()
+            return tables, torch.empty(0, dtype=self.kv_cache.dtype), None
+        used = max(-(-b // bs) for _, b in ranges)
         context = torch.tensor([b for _, b in ranges])
-        mask = torch.arange(used * self.block_size) < context.unsqueeze(1)
-        return tables, mask[:, None, None, :]
+        shared = self._shared_blocks(tables, ranges)
+        shared_ids = tables[0, :shared].contiguous() if shared else None
+        keys = torch.arange(shared * bs, used * bs)
+        mask = torch.zeros(len(ranges), 1, 1, keys.numel(), dtype=self.kv_cache.dtype)
+        mask.masked_fill_((keys >= context.unsqueeze(1))[:, None, None, :], float("-inf"))
+        return tables[:, shared:used].contiguous(), mask, shared_ids
+
+    def _shared_blocks(self, tables: Tensor, ranges: list[tuple[int, int]]) -> int:
+        """Leading blocks common to every decode, when worth a cascade (CPU path only)."""
+        if len(ranges) < 2 or self.device.type != "cpu":
+            return 0
+        own_last = min(-(-b // self.block_size) for _, b in ranges) - 1    # each one's last block is its own
+        same = (tables[:, :own_last] == tables[0, :own_last]).all(dim=0)
+        shared = int(same.int().cumprod(0).sum()) if own_last > 0 else 0
+        return shared if shared >= MIN_SHARED_BLOCKS else 0
 
     def _prefill_meta(self, tables: Tensor, ranges: list[tuple[int, int]], offset: int
                       ) -> tuple[list[tuple[int, int]], ContextPrefill | None]:
