@@ -102,6 +102,22 @@ def test_bench_engine_json(runner):
         assert case["targets"][0]["peer"] == "transformers" and isinstance(case["targets"][0]["met"], bool)
 
 
+def test_bench_transformers_at_two_dtypes_targets_take_its_best(runner):
+    result = run(runner, "bench", "engine", *TINY, "--cases", "prefill512", "--runs", "1", "--json",
+                 "--transformers-dtypes", "float32,bfloat16")
+    assert result.exit_code == 0, result.stderr
+    case = json.loads(result.stdout)["cases"]["prefill512"]
+    ours = case["results"]["agentrt"]["median"]
+    tf = {n: case["results"][n]["median"] for n in ("transformers-float32", "transformers-bfloat16")}
+    assert case["ratios"]["transformers-float32"] == pytest.approx(ours / tf["transformers-float32"])
+    assert case["targets"][0]["ratio"] == pytest.approx(ours / max(tf.values()))
+
+
+def test_bench_bad_transformers_dtype_exits_2(runner):
+    result = run(runner, "bench", "engine", *TINY, "--cases", "prefill512", "--transformers-dtypes", "float64")
+    assert result.exit_code == 2 and "float64" in result.stderr
+
+
 def test_bench_engine_table(runner):
     result = run(runner, "bench", "engine", *TINY, "--cases", "prefill512,prefill2048", "--runs", "1")
     assert result.exit_code == 0, result.stderr

@@ -133,9 +133,18 @@ class CaseResult:
     skipped: str | None = None
     errors: dict[str, str] = field(default_factory=dict)   # peer name -> what went wrong
 
+    def best_of(self, family: str) -> Measurement | None:
+        """The peer's best figure over its settings: `transformers` covers transformers-float32 and
+        transformers-bfloat16 when both ran ("its best settings")."""
+        runs = [m for name, m in self.results.items() if name == family or name.startswith(family + "-")]
+        if not runs:
+            return None
+        pick = max if self.case.higher_is_better else min
+        return pick(runs, key=lambda m: m.median)
+
     def ratio(self, peer: str) -> float | None:
-        """agentrt relative to `peer`; > 1 means agentrt is better."""
-        ours, theirs = self.results.get("agentrt"), self.results.get(peer)
+        """agentrt relative to `peer` (a peer name or family); > 1 means agentrt is better."""
+        ours, theirs = self.results.get("agentrt"), self.results.get(peer) or self.best_of(peer)
         if ours is None or theirs is None or ours.median <= 0 or theirs.median <= 0:
             return None
         return ours.median / theirs.median if self.case.higher_is_better else theirs.median / ours.median

@@ -76,9 +76,8 @@ class AgentrtPeer(Peer):
 
 
 class TransformersPeer(Peer):
-    name = "transformers"
-
-    def __init__(self, model: str, dtype: str):
+    def __init__(self, model: str, dtype: str, name: str = "transformers"):
+        self.name = name
         torch_dtype = getattr(torch, dtype)
         self.model = _transformers_model(model, torch_dtype)
         self.pad_id = 0
@@ -148,15 +147,21 @@ def _transformers_model(model: str, dtype: torch.dtype):
     return AutoModelForCausalLM.from_pretrained(model, dtype=dtype).eval()
 
 
-def build_peers(model: str, dtype: str, threads: int) -> tuple[list[Peer], list[Absent]]:
-    """agentrt first (it converts and caches the weights the others read), then the peers."""
+def build_peers(model: str, dtype: str, threads: int, tf_dtypes: list[str] | None = None
+                ) -> tuple[list[Peer], list[Absent]]:
+    """agentrt first (it converts and caches the weights the others read), then the peers.
+    transformers runs at each of `tf_dtypes` (default: agentrt's dtype); with several, the peers
+    are named transformers-<dtype> and targets take the best of them."""
     torch.set_num_threads(threads)
     peers: list[Peer] = [AgentrtPeer(model, dtype, threads)]
     absent: list[Absent] = []
-    try:
-        peers.append(TransformersPeer(model, dtype))
-    except Exception as e:  # noqa: BLE001 - reported, never faked
-        absent.append(Absent("transformers", f"could not load: {e}"))
+    tf_dtypes = tf_dtypes or [dtype]
+    for tf_dtype in tf_dtypes:
+        name = "transformers" if len(tf_dtypes) == 1 else f"transformers-{tf_dtype}"
+        try:
+            peers.append(TransformersPeer(model, tf_dtype, name))
+        except Exception as e:  # noqa: BLE001 - reported, never faked
+            absent.append(Absent(name, f"could not load: {e}"))
     gguf, why = _gguf_for(model)
     if gguf is None:
         absent.append(Absent("llama.cpp", why))

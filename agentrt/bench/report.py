@@ -12,8 +12,16 @@ from rich.table import Table
 from agentrt.bench.engine_bench import CaseResult, Measurement, Target
 from agentrt.bench.peers import Absent, Peer
 
-PEER_ORDER = ("agentrt", "transformers", "llama.cpp")
-SHORT = {"transformers": "tf", "llama.cpp": "llama"}
+SHORT = {"transformers": "tf", "llama.cpp": "llama", "float32": "fp32", "bfloat16": "bf16"}
+
+
+def peer_names(peers: list[Peer], absent: list[Absent]) -> list[str]:
+    """Column order: agentrt, then the peers as built, then the absent ones."""
+    return [p.name for p in peers] + [a.name for a in absent]
+
+
+def short(name: str) -> str:
+    return "-".join(SHORT.get(part, part) for part in name.replace("llama.cpp", "llama").split("-"))
 
 
 def machine_info(dtype: str, threads: int) -> dict[str, Any]:
@@ -32,11 +40,11 @@ def to_json(model: str, results: list[CaseResult], peers: list[Peer], absent: li
         "settings": settings,
         "peers": {**{p.name: {"available": True, "detail": p.detail} for p in peers},
                   **{a.name: {"available": False, "reason": a.reason} for a in absent}},
-        "cases": {r.case.name: _case_json(r, absent) for r in results},
+        "cases": {r.case.name: _case_json(r, absent, peer_names(peers, absent)[1:]) for r in results},
     }
 
 
-def _case_json(r: CaseResult, absent: list[Absent]) -> dict[str, Any]:
+def _case_json(r: CaseResult, absent: list[Absent], others: list[str]) -> dict[str, Any]:
     c = r.case
     return {
         "title": c.title, "kind": c.kind, "unit": c.unit, "higher_is_better": c.higher_is_better,
@@ -45,7 +53,7 @@ def _case_json(r: CaseResult, absent: list[Absent]) -> dict[str, Any]:
         "results": {**{name: _measurement_json(m) for name, m in r.results.items()},
                     **{name: {"error": e} for name, e in r.errors.items()},
                     **{a.name: None for a in absent if not r.skipped}},
-        "ratios": {name: r.ratio(name) for name in PEER_ORDER[1:]},
+        "ratios": {name: r.ratio(name) for name in others},
         "targets": [{"peer": t.peer, "min_ratio": t.min_ratio, "ratio": r.ratio(t.peer), "met": r.target_met(t)}
                     for t in c.targets],
     }
@@ -56,8 +64,9 @@ def _measurement_json(m: Measurement) -> dict[str, Any]:
             "seconds": round(m.seconds, 3), **m.info}
 
 
-def render_table(results: list[CaseResult], absent: list[Absent], runs: int, title: str) -> Table:
+def render_table(results: list[CaseResult], peers: list[Peer], absent: list[Absent], runs: int, title: str) -> Table:
     absent_names = {a.name for a in absent}
+    names = peer_names(peers, absent)
     notes = [f"{a.name}: absent, {a.reason}" for a in absent]
     notes += [f"{r.case.name}: skipped, {r.skipped}" for r in results if r.skipped]
     notes += [f"{r.case.name}: {name} failed, {e}" for r in results for name, e in r.errors.items()]
@@ -65,10 +74,10 @@ def render_table(results: list[CaseResult], absent: list[Absent], runs: int, tit
                           "vs > 1× means agentrt is better", *notes])
     table = Table(title=title, caption=caption, title_style="bold", caption_justify="left")
     table.add_column("case")
-    for name in PEER_ORDER:
-        table.add_column(name, justify="right")
-    for name in PEER_ORDER[1:]:
-        table.add_column(f"vs {SHORT[name]}", justify="right")
+    for name in names:
+        table.add_column(short(name) if name != "agentrt" else name, justify="right")
+    for name in names[1:]:
+        table.add_column(f"vs {short(name)}", justify="right")
     table.add_column("target")
     table.add_column("met", justify="center")
     for r in results:
@@ -77,9 +86,9 @@ def render_table(results: list[CaseResult], absent: list[Absent], runs: int, tit
             table.add_row(case, "[dim]skipped[/]", *[""] * (len(table.columns) - 2))
             continue
         cells = ["[red]error[/]" if n in r.errors else _figure(r.results.get(n), runs, n in absent_names)
-                 for n in PEER_ORDER]
-        ratios = [_ratio(r.ratio(n)) for n in PEER_ORDER[1:]]
-        target = " ".join(f"≥{t.min_ratio:g}× {SHORT[t.peer]}" for t in r.case.targets) or "—"
+                 for n in names]
+        ratios = [_ratio(r.ratio(n)) for n in names[1:]]
+        target = " ".join(f"≥{t.min_ratio:g}× {short(t.peer)}" for t in r.case.targets) or "—"
         table.add_row(case, *cells, *ratios, target, _met(r, r.case.targets))
     return table
 
