@@ -18,10 +18,7 @@ Method (the same for every peer):
 - Each (case, peer): one warm-up call, never counted, then `runs` measured runs; the median is
   reported. The warm-up is the case's own generate call (same batch, same prompts) cut to
   WARMUP_NEW new tokens, so it meets the case's shapes at a fraction of its cost; all peers
-  warm up before any is measured. Warm-up matters and this one does not catch all of it:
-  agentrt's first full 32-agents run in a cold process measured ~60 s, the next 37 s, even
-  after the cut warm-up (its ~30 MB per-step K/V temporaries are served by fresh mmap pages
-  until glibc raises its mmap threshold); in the full bench, earlier cases warm the process.
+  warm up before any is measured.
   After the first measured run, no further run starts once it is predicted to end past
   `budget_s` (counted from the warm-up); the JSON lists every run.
 """

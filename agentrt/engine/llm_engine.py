@@ -41,8 +41,9 @@ class LLMEngine:
         self.max_model_len = min(config.max_model_len or model_len, model_len)
         model = LlamaModel(mc, max_positions=self.max_model_len)
         model.load_hf_state_dict(loaded.state_dict)
+        cos, sin = model.rope_cos, model.rope_sin          # fp32 tables, kept out of the dtype cast
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        self.model.rope_cos, self.model.rope_sin = self.model.rope_cos.float(), self.model.rope_sin.float()
+        self.model.rope_cos, self.model.rope_sin = cos.to(self.device), sin.to(self.device)
         self.pool = BlockPool(num_blocks, config.block_size)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
                                                    self.max_model_len, config.enable_prefix_caching), self.pool)

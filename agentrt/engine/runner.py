@@ -9,7 +9,6 @@ from agentrt.engine.model import LlamaModel
 from agentrt.engine.sampler import Sampler
 from agentrt.engine.scheduler import ScheduledBatch
 
-
 MIN_SHARED_BLOCKS = 4   # below this a cascade's extra kernels cost more than the gathers it saves
 
 
@@ -24,10 +23,6 @@ class ModelRunner:
         self.kv_cache = torch.zeros(cfg.num_hidden_layers, 2, num_blocks, block_size, n_kv, model.head_dim,
                                     dtype=dtype, device=device)
         self.sampler = Sampler()
-
-    @property
-    def kv_bytes_per_token(self) -> int:
-        return self.kv_cache[:, :, 0, 0].numel() * self.kv_cache.element_size()
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[Tensor | None, Tensor | None, list[int]]:

@@ -25,8 +25,7 @@ class Sampler:
         if not random_rows:
             return greedy
         rows = torch.tensor(random_rows)
-        sub = params_at(params, random_rows)
-        probs = self._probs(logits[rows], sub)
+        probs = self._probs(logits[rows], [params[i] for i in random_rows])
         noise = torch.empty_like(probs)
         for j, i in enumerate(random_rows):
             noise[j].exponential_(generator=self._generator(request_ids[i], params[i].seed))
@@ -59,7 +58,3 @@ class Sampler:
             sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
             logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
         return logits.softmax(dim=-1)
-
-
-def params_at(params: list[SamplingParams], rows: list[int]) -> list[SamplingParams]:
-    return [params[i] for i in rows]
