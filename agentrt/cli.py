@@ -44,7 +44,7 @@ err = Console(stderr=True, highlight=False)  # stderr: progress and logs
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model alias (see `agentrt models`) or a local HF directory")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object to stdout instead of text")]
 EngineDTypeOpt = Annotated[str, typer.Option("--dtype", help="auto (float32 on CPU), float32 or bfloat16 "
-                                                            "(2-4x faster on CPUs with AVX512-BF16)")]
+                                                            "(2-3x faster on CPUs with AVX512-BF16)")]
 
 
 class DType(str, enum.Enum):
