@@ -186,3 +186,11 @@ def test_bad_request_never_hurts_other_requests(make_engine, tiny_ref, logit_err
     assert out.token_ids == clean.token_ids and out.finish_reason == "length"
     assert torch.allclose(torch.stack(out.logits), torch.stack(clean.logits), atol=1e-5)
     assert logit_error(tiny_ref, out) < 1e-4
+
+
+def test_unschedulable_request_raises_instead_of_hanging(make_engine, monkeypatch):
+    engine = make_engine()
+    monkeypatch.setattr(engine.scheduler, "_allocate", lambda req, n: False)
+    with pytest.raises(RuntimeError, match="cannot schedule"):
+        engine.generate([[1, 2, 3]], SamplingParams(max_tokens=2))
+    assert not engine.has_unfinished()      # generate aborted it; make_engine checks the blocks

@@ -120,6 +120,10 @@ class LLMEngine:
     def _step(self) -> list[Request]:
         batch = self.scheduler.schedule()
         if not batch.requests:
+            if self.scheduler.waiting and not self.scheduler.running:   # would spin forever: say why
+                req = self.scheduler.waiting[0]
+                raise RuntimeError(f"cannot schedule request {req.request_id!r} ({req.num_tokens} tokens) with "
+                                   f"{self.pool.num_free} of {self.pool.num_blocks} blocks free; this is a bug")
             return []
         self.num_steps += 1
         tokens, logits, rows = self.runner.run(batch)
