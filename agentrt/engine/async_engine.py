@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from agentrt.engine.llm_engine import LLMEngine, Prompt, _as_params
+from agentrt.engine.llm_engine import LLMEngine, Prompt
 from agentrt.engine.params import SamplingParams
 from agentrt.engine.request import RequestMeta, RequestOutput
 
@@ -76,9 +76,7 @@ class AsyncLLMEngine:
     def submit(self, prompt: Prompt, params: SamplingParams | dict | None = None, *,
                meta: RequestMeta | None = None, request_id: str | None = None) -> RequestStream:
         """Validate and queue a request (bad input raises here); returns its stream."""
-        params = _as_params(params)
-        ids = self.engine.encode(prompt)
-        self.engine._check_prompt(ids)
+        ids, params = self.engine.validate(prompt, params)
         rid = request_id if request_id is not None else f"areq-{next(self._ids)}"
         if rid in self._streams or rid in self.engine.requests:
             raise ValueError(f"request id {rid!r} is already in use")

@@ -79,9 +79,7 @@ class LLMEngine:
     def add_request(self, prompt: Prompt, params: SamplingParams | dict | None = None, *,
                     request_id: str | None = None, meta: RequestMeta | None = None) -> str:
         """Validate and queue a request; raises ValueError/TypeError without touching other requests."""
-        params = _as_params(params)
-        ids = self.encode(prompt)
-        self._check_prompt(ids)
+        ids, params = self.validate(prompt, params)
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         if rid in self.requests:
             raise ValueError(f"request id {rid!r} is already in use")
@@ -90,7 +88,9 @@ class LLMEngine:
         self.scheduler.add(req)
         return rid
 
-    def _check_prompt(self, ids: list[int]) -> None:
+    def validate(self, prompt: Prompt, params: SamplingParams | dict | None = None) -> tuple[list[int], SamplingParams]:
+        """Token ids and sampling params of a request, or ValueError/TypeError saying what is wrong."""
+        ids = self.encode(prompt)
         if not ids:
             raise ValueError("prompt is empty")
         vocab = self.model_config.vocab_size
@@ -100,6 +100,7 @@ class LLMEngine:
         if len(ids) >= self.max_model_len:
             raise ValueError(f"prompt has {len(ids)} tokens but the context holds {self.max_model_len} "
                              f"(max_model_len; raise kv_cache_tokens or max_model_len, or shorten the prompt)")
+        return ids, _as_params(params)
 
     def abort(self, request_id: str) -> bool:
         """Cancel a request and free its blocks; False if it is unknown or already finished."""
@@ -167,9 +168,7 @@ class LLMEngine:
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params = _as_params(params)
-        encoded = [self.encode(p) for p in prompts]
-        for ids in encoded:                      # validate all before queueing any
-            self._check_prompt(ids)
+        encoded = [self.validate(p, params)[0] for p in prompts]     # all valid before any is queued
         rids = [self.add_request(ids, params, meta=metas[i] if metas else None) for i, ids in enumerate(encoded)]
         reqs = {rid: self.requests[rid] for rid in rids}
         try:

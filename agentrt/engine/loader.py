@@ -108,8 +108,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
-        model.config.quantization_config = None
-        del model.config.quantization_config
+        del model.config.quantization_config       # the saved weights are dequantized
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         save_file(state, tmp / "model.safetensors")
