@@ -1,0 +1,262 @@
+"""One running program: walks its compiled step graph, turning agent turns into engine requests
+and tool steps into tool calls, and keeps its typed state."""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from agentrt.engine.params import SamplingParams
+from agentrt.engine.request import RequestMeta, RequestOutput
+from agentrt.graph.compile import CompiledWorkflow
+from agentrt.graph.state import apply_update, render
+from agentrt.graph.steps import END, Agent, Branch, FanOut, FunctionStep, LLMStep, Step, ToolStep
+from agentrt.runtime.conversation import Conversation
+from agentrt.runtime.errors import ProgramError
+from agentrt.runtime.events import Event, ProgramResult
+from agentrt.runtime.toolcalls import ToolCaller
+
+
+@dataclass(slots=True)
+class Lane:
+    """One branch of a fan-out: its item and branch-local names, its own view of the state, and
+    the writes to reducer fields that are merged at the join."""
+    key: str
+    fan: FanOut
+    locals: dict[str, Any]
+    state: BaseModel
+    deltas: list[tuple[str, Any]] = field(default_factory=list)
+    loop_counts: Counter = field(default_factory=Counter)
+
+
+class View:
+    """What routers, prompt callables and Python steps see inside a fan-out branch: the branch's
+    names (its item first) over the state's fields."""
+    __slots__ = ("_lane",)
+
+    def __init__(self, lane: Lane):
+        self._lane = lane
+
+    def __getattr__(self, name: str) -> Any:
+        lane = object.__getattribute__(self, "_lane")
+        return lane.locals[name] if name in lane.locals else getattr(lane.state, name)
+
+
+class Program:
+    """A program instance; `await program.result()` gives its ProgramResult."""
+
+    def __init__(self, runtime, workflow: CompiledWorkflow, program_id: str, state: BaseModel):
+        self.rt, self.wf, self.id, self.state = runtime, workflow, program_id, state
+        self.conversations: dict[tuple[str, str], Conversation] = {}
+        self.loop_counts: Counter = Counter()
+        self.frontier: Counter = Counter()          # steps running now (for graph analysis)
+        self.counts = Counter()                     # steps, llm_calls, tool_calls, tokens_*
+        self.submitted = time.monotonic()
+        self.status = "pending"
+        self.tools = ToolCaller(self)
+        self.task: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def emit(self, _event: str, **data: Any) -> None:
+        self.rt.emit(Event(time.monotonic() - self.rt.t0, self.id, _event, data))
+
+    async def result(self) -> ProgramResult:
+        return await asyncio.shield(self.task)
+
+    def cancel(self) -> bool:
+        return self.task is not None and self.task.cancel()
+
+    async def run(self) -> ProgramResult:
+        self.status = "running"
+        self.emit("program_start", workflow=self.wf.name, state=self.state)
+        error = None
+        try:
+            await self._walk(self.wf.entry, None)
+            self.status = "done"
+        except asyncio.CancelledError:
+            self.status, error = "cancelled", "cancelled"
+        except ProgramError as exc:
+            self.status, error = "failed", str(exc)
+        except Exception as exc:                 # a bug in the runtime: fail this program only
+            self.status, error = "failed", f"internal error: {type(exc).__name__}: {exc}"
+        jct = time.monotonic() - self.submitted
+        if error and self.status == "failed":
+            self.emit("error", message=error)
+        self.emit("program_end", status=self.status, error=error, jct=round(jct, 6))
+        c = self.counts
+        output = getattr(self.state, self.wf.output) if self.wf.output else None
+        return ProgramResult(self.id, self.wf.name, self.status, self.state, output, error, jct,
+                             c["steps"], c["llm_calls"], c["tool_calls"], c["tokens_in"],
+                             c["tokens_out"], c["cached_tokens"])
+
+    # ------------------------------------------------------------------ walking the graph
+    async def _walk(self, node: str, lane: Lane | None) -> None:
+        stop = lane.fan.join if lane else END
+        while node not in (END, stop):
+            await self._run_step(self.wf.steps[node], lane)
+            node = await self._after(node, lane)
+
+    async def _after(self, node: str, lane: Lane | None) -> str:
+        if node in self.wf.fan_outs:
+            await self._fan_out(self.wf.fan_outs[node])
+            return self.wf.fan_outs[node].join
+        if node in self.wf.branches:
+            return self._route(self.wf.branches[node], lane)
+        return self.wf.next_step(node)
+
+    def _route(self, branch: Branch, lane: Lane | None) -> str:
+        try:
+            target = branch.router(self.view(lane))
+        except Exception as exc:
+            raise ProgramError(branch.source, f"router raised {type(exc).__name__}: {exc}") from exc
+        if target not in branch.targets:
+            raise ProgramError(branch.source, f"router returned {target!r}; it must return one of "
+                                              f"{', '.join(branch.targets)}")
+        edge = (branch.source, target)
+        if edge not in self.wf.loop_edges:
+            return target
+        counts = lane.loop_counts if lane else self.loop_counts
+        if counts[edge] >= branch.max_loops:
+            exit_to = branch.exit or next(t for t in branch.targets if (branch.source, t) not in self.wf.loop_edges)
+            self.emit("loop_limit", step=branch.source, wanted=target, exit=exit_to, max_loops=branch.max_loops)
+            return exit_to
+        counts[edge] += 1
+        return target
+
+    async def _fan_out(self, fan: FanOut) -> None:
+        items = list(getattr(self.state, fan.over))
+        self.emit("fan_out", step=fan.source, over=fan.over, items=len(items))
+        lanes = [Lane(f"{fan.source}[{i}]", fan, {fan.item: item}, self.state) for i, item in enumerate(items)]
+        tasks = [asyncio.ensure_future(self._walk(fan.to, lane)) for lane in lanes]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:                      # one branch failed (or we were cancelled): stop the rest
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            for key in [k for k in self.conversations if k[1].startswith(f"{fan.source}[")]:
+                del self.conversations[key]
+        for lane in lanes:                         # merged in item order, so the result is deterministic
+            for name, value in lane.deltas:
+                self.state = apply_update(self.state, {name: value}, self.wf.reducers)
+
+    # ------------------------------------------------------------------ steps
+    async def _run_step(self, step: Step, lane: Lane | None) -> None:
+        self.frontier[step.name] += 1
+        started = time.monotonic()
+        self.emit("step_start", step=step.name, kind=step.kind, agent=getattr(step, "agent", None),
+                  tool=getattr(step, "tool", None), lane=lane.key if lane else None)
+        try:
+            if isinstance(step, LLMStep):
+                self._write(step.output, await self._llm(step, lane), lane)
+            elif isinstance(step, ToolStep):
+                self._write(step.output, await self.tools.step(step, self.scope(lane), self.view(lane)), lane)
+            else:
+                await self._python(step, lane)
+        except (ProgramError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise ProgramError(step.name, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self.frontier[step.name] -= 1
+            if not self.frontier[step.name]:
+                del self.frontier[step.name]
+        self.counts["steps"] += 1
+        self.emit("step_end", step=step.name, duration=round(time.monotonic() - started, 6),
+                  lane=lane.key if lane else None)
+
+    async def _python(self, step: FunctionStep, lane: Lane | None) -> None:
+        update = step.fn(self.view(lane))
+        if inspect.isawaitable(update):
+            update = await update
+        if update is None:
+            return
+        if isinstance(update, self.wf.state) and lane is None:
+            update = {k: v for k, v in update if v != getattr(self.state, k)}
+        if not isinstance(update, Mapping):
+            raise ProgramError(step.name, f"returned {type(update).__name__}; a Python step returns a dict "
+                                          f"of field updates, a {self.wf.state.__name__}, or None")
+        if lane is None:
+            self.state = apply_update(self.state, update, self.wf.reducers)
+            return
+        for name, value in update.items():
+            if name in self.wf.state.model_fields and name not in self.wf.reducers:
+                raise ProgramError(step.name, f"runs in a fan-out and wrote {name!r}, which has no reducer; "
+                                              f"branches would overwrite each other")
+            self._write(name, value, lane)
+
+    def _write(self, name: str | None, value: Any, lane: Lane | None) -> None:
+        if name is None:
+            return
+        if lane is None:
+            self.state = apply_update(self.state, {name: value}, self.wf.reducers)
+        elif name not in self.wf.state.model_fields:
+            lane.locals[name] = value
+        else:
+            lane.state = apply_update(lane.state, {name: value}, self.wf.reducers)
+            lane.deltas.append((name, value))
+
+    def view(self, lane: Lane | None) -> Any:
+        return self.state if lane is None else View(lane)
+
+    def scope(self, lane: Lane | None) -> dict[str, Any]:
+        return dict(self.state) if lane is None else {**dict(lane.state), **lane.locals}
+
+    # ------------------------------------------------------------------ agent turns
+    def conversation(self, agent: Agent, lane: Lane | None) -> Conversation:
+        key = (agent.name, lane.key if lane else "")
+        if key not in self.conversations:
+            main = self.conversations.get((agent.name, ""))
+            self.conversations[key] = main.fork() if main and lane else \
+                Conversation.start(self.tools.system_prompt(agent))
+        return self.conversations[key]
+
+    async def _llm(self, step: LLMStep, lane: Lane | None) -> Any:
+        agent = self.wf.agents[step.agent]
+        conv = self.conversation(agent, lane)
+        prompt = step.prompt(self.view(lane)) if callable(step.prompt) else render(step.prompt, self.scope(lane))
+        conv.add_user(prompt)
+        params = step.params or agent.params
+        text = await (self.tools.agent_loop(step, agent, conv, params) if agent.tools
+                      else self._reply(step, agent, conv, params, 0))
+        if step.parse is None:
+            return text
+        try:
+            return step.parse(text)
+        except Exception as exc:
+            raise ProgramError(step.name, f"parse raised {type(exc).__name__}: {exc}") from exc
+
+    async def _reply(self, step: LLMStep, agent: Agent, conv: Conversation, params: SamplingParams,
+                     turn: int) -> str:
+        out = await self.generate(step, agent, conv, params, turn)
+        conv.add_assistant(out.text)
+        return out.text
+
+    async def generate(self, step: LLMStep, agent: Agent, conv: Conversation, params: SamplingParams,
+                       turn: int) -> RequestOutput:
+        ids = conv.prompt_ids(self.rt.tokenizer)
+        rid = f"{self.id}/{step.name}/{self.counts['requests']}"
+        self.counts["requests"] += 1
+        self.emit("llm_start", step=step.name, agent=agent.name, request_id=rid, tokens_in=len(ids), turn=turn)
+        meta = RequestMeta(self.id, agent.name, step.name, {"turn": turn})
+        try:
+            out = await self.rt.engine.generate(ids, params, meta=meta, request_id=rid)
+        except ValueError as exc:                 # e.g. the conversation outgrew the context
+            raise ProgramError(step.name, f"agent {agent.name!r}: {exc}") from exc
+        c = self.counts
+        c["llm_calls"] += 1
+        c["tokens_in"] += len(ids)
+        c["tokens_out"] += len(out.token_ids)
+        c["cached_tokens"] += out.num_cached_tokens
+        self.emit("llm_end", step=step.name, agent=agent.name, request_id=rid, tokens_in=len(ids),
+                  tokens_out=len(out.token_ids), cached_tokens=out.num_cached_tokens,
+                  finish_reason=out.finish_reason, turn=turn)
+        return out
