@@ -61,6 +61,7 @@ class Program:
         self.status = "pending"
         self.tools = ToolCaller(self)
         self.task: asyncio.Task | None = None
+        self._cancel_requested = False              # cancel() before the task got to run()
 
     # ------------------------------------------------------------------ lifecycle
     def emit(self, _event: str, **data: Any) -> None:
@@ -70,13 +71,23 @@ class Program:
         return await asyncio.shield(self.task)
 
     def cancel(self) -> bool:
-        return self.task is not None and self.task.cancel()
+        if self.task is None or self.task.done():
+            return False
+        if self.status == "pending":
+            # The task has not started yet: cancelling it now would throw into the coroutine
+            # before run() is entered, so the program would end with no result and its awaiters
+            # (run_many's gather among them) would get a CancelledError. run() checks this flag.
+            self._cancel_requested = True
+            return True
+        return self.task.cancel()
 
     async def run(self) -> ProgramResult:
         self.status = "running"
         self.emit("program_start", workflow=self.wf.name, state=self.state)
         error = None
         try:
+            if self._cancel_requested:
+                raise asyncio.CancelledError()
             await self._walk(self.wf.entry, None)
             self.status = "done"
         except asyncio.CancelledError:
@@ -179,8 +190,14 @@ class Program:
             update = await update
         if update is None:
             return
-        if isinstance(update, self.wf.state) and lane is None:
-            update = {k: v for k, v in update if v != getattr(self.state, k)}
+        if isinstance(update, self.wf.state):
+            if lane is not None:
+                raise ProgramError(step.name, f"runs in a fan-out and returned a whole {self.wf.state.__name__}; "
+                                              f"inside a fan-out a Python step returns a dict of updates")
+            # A whole new state replaces the old one as it is (validated): its reducer fields
+            # already hold the merged values, so they must not be reduced into the old ones again.
+            self.state = self.wf.state.model_validate(dict(update))
+            return
         if not isinstance(update, Mapping):
             raise ProgramError(step.name, f"returned {type(update).__name__}; a Python step returns a dict "
                                           f"of field updates, a {self.wf.state.__name__}, or None")

@@ -1,26 +1,21 @@
-"""The `agentrt` command line: models, generate, demo, bench."""
+"""Engine commands: models, generate, demo, bench engine."""
 from __future__ import annotations
 
 import enum
 import json
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from agentrt import __version__
-from agentrt.engine import MODEL_ALIASES, LLMEngine, SamplingParams
+from agentrt.cli.common import (DEFAULT_MODEL, EngineDTypeOpt, JsonOpt, ModelOpt, app, bench_app, emit_json, err,
+                                load_engine, out, user_errors)
+from agentrt.engine import MODEL_ALIASES, SamplingParams
 
-DEFAULT_MODEL = "smollm2-135m"
 DEMO_QUESTIONS = (
     "What is the capital of France?",
     "Write a haiku about caches.",
@@ -28,67 +23,10 @@ DEMO_QUESTIONS = (
     "Define a KV cache in one sentence.",
 )
 
-app = typer.Typer(name="agentrt", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
-                  pretty_exceptions_enable=False,
-                  help="A runtime for multi-agent LLM programs on an embedded paged-KV engine.",
-                  epilog="Example: agentrt generate 'What is the capital of France?' · agentrt demo")
-bench_app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
-                        help="Benchmarks: the engine against transformers and llama.cpp.",
-                        epilog="Example: agentrt bench engine --cases decode1,prefill512")
-app.add_typer(bench_app, name="bench")
-
-# stdout: results; when piped (logs, CI) rich would wrap the bench table at 80 columns
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
-err = Console(stderr=True, highlight=False)  # stderr: progress and logs
-
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model alias (see `agentrt models`) or a local HF directory")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object to stdout instead of text")]
-EngineDTypeOpt = Annotated[str, typer.Option("--dtype", help="auto (float32 on CPU), float32 or bfloat16 "
-                                                            "(2-3x faster on CPUs with AVX512-BF16)")]
-
 
 class DType(str, enum.Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
-
-
-def fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Bad models and bad parameters end in one line on stderr and exit code 2, not a traceback."""
-    try:
-        yield
-    except ValidationError as e:
-        fail(f"invalid {e.title}: " + "; ".join(
-            f"{'.'.join(map(str, x['loc'])) or 'value'}: {x['msg']} (got {x.get('input')!r})" for x in e.errors()))
-    except ValueError as e:  # ModelNotFoundError and UnsupportedModelError are ValueErrors
-        fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-
-
-def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
-    sys.stdout.flush()
-
-
-def load_engine(model: str, **config: Any) -> LLMEngine:
-    with err.status(f"loading {model} ..."):
-        return LLMEngine.from_pretrained(model, **config)
-
-
-def _version_callback(value: bool) -> None:
-    if value:
-        typer.echo(f"agentrt {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
-                                                help="print the version and exit")] = False) -> None:
-    """A runtime for multi-agent LLM programs on an embedded paged-KV engine."""
 
 
 @app.command(epilog="Example: agentrt models --json")
@@ -203,13 +141,3 @@ def bench_engine(
     out.print(render_table(results, peers, absent, runs, f"agentrt bench engine · {model} · {dtype.value} · {threads} threads"))
 
 
-def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

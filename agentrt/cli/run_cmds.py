@@ -1,0 +1,140 @@
+"""Workflow commands: `agentrt run` and `agentrt graph`."""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from agentrt.cli.common import (DEFAULT_MODEL, EngineDTypeOpt, JsonOpt, ModelOpt, app, emit_json, err, fail,
+                                load_engine, out, user_errors)
+from agentrt.cli.display import RunProgress, output_panel, results_table, summary_line
+from agentrt.cli.target import load_workflow
+from agentrt.graph import CompiledWorkflow, WorkflowError
+from agentrt.runtime import ProgramResult, Runtime, summarize
+
+TargetArg = Annotated[str, typer.Argument(help="the workflow: path/to/file.py[:attr] or package.module:attr "
+                                               "(attr defaults to `workflow`, or the file's only Workflow)")]
+SHOWN_OUTPUTS = 3
+
+
+def compiled_target(target: str) -> CompiledWorkflow:
+    try:
+        return load_workflow(target)
+    except WorkflowError as exc:           # every problem, one per line
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def read_inputs(input_json: str | None, input_file: Path | None, copies: int) -> list[dict[str, Any]]:
+    if input_json is not None and input_file is not None:
+        fail("give --input or --input-file, not both")
+    if input_file is not None:
+        if not input_file.is_file():
+            fail(f"no such input file: {input_file}")
+        lines = [(i, ln) for i, ln in enumerate(input_file.read_text().splitlines(), 1) if ln.strip()]
+        if not lines:
+            fail(f"{input_file} has no inputs (one JSON object per line)")
+        inputs = [_parse_object(ln, f"{input_file}:{i}") for i, ln in lines]
+    else:
+        inputs = [_parse_object(input_json, "--input") if input_json is not None else {}]
+    return [x for x in inputs for _ in range(copies)]
+
+
+def _parse_object(text: str, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"{where} is not valid JSON: {exc}")
+    if not isinstance(value, dict):
+        fail(f"{where} must be a JSON object of state fields, got {type(value).__name__}")
+    return value
+
+
+@app.command(epilog="Examples: agentrt run workflows/research_team.py · agentrt run workflows/map_reduce.py "
+                    "-n 4 --trace run.jsonl · agentrt run workflows/research_team.py --input "
+                    "'{\"topic\": \"honeybees\"}' --json · agentrt run my_pkg.flows:triage --input-file jobs.jsonl")
+def run(
+    target: TargetArg,
+    input_json: Annotated[str | None, typer.Option("--input", "-i", help="the program's input: a JSON object of "
+                                                                        "state fields (defaults fill the rest)")] = None,
+    input_file: Annotated[Path | None, typer.Option("--input-file", help="one JSON object per line, one "
+                                                                         "program each")] = None,
+    copies: Annotated[int, typer.Option("-n", "--copies", min=1, help="run N copies of each input at once")] = 1,
+    model: ModelOpt = DEFAULT_MODEL,
+    dtype: EngineDTypeOpt = "auto",
+    kv_cache_tokens: Annotated[int, typer.Option(help="KV cache size in tokens")] = 16384,
+    trace: Annotated[Path | None, typer.Option(help="write every event as JSON lines to this file")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object (results and summary) to "
+                                                         "stdout, nothing else")] = False,
+) -> None:
+    """Run a workflow: one program per input, all at once on one engine.
+
+    Shows progress on stderr, then a table per program (status, job completion time, steps,
+    tokens, prefix-cache hit rate) and the output. Exit code 1 when a program failed,
+    2 for bad usage (missing file, invalid workflow or input, unknown model).
+    """
+    workflow = compiled_target(target)
+    inputs = read_inputs(input_json, input_file, copies)
+    with user_errors():
+        for x in inputs:
+            workflow.initial_state(x)
+        engine = load_engine(model, dtype=dtype, kv_cache_tokens=kv_cache_tokens)
+    live = not as_json and err.is_terminal
+    if not as_json:
+        err.print(f"[dim]running {len(inputs)} × {workflow.name} on {model} ...[/]")
+    started = time.monotonic()
+    with RunProgress(err, len(inputs), live) as progress:
+        sinks = [] if as_json else [progress]
+        results = asyncio.run(_run_all(engine, workflow, inputs, trace, sinks))
+    summary = summarize(results, time.monotonic() - started)
+    summary["engine"] = engine.stats()
+    if as_json:
+        emit_json({"workflow": workflow.name, "model": model, "summary": summary,
+                   "programs": [r.to_dict() for r in results]})
+    else:
+        _print_results(workflow, results, summary, model)
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+async def _run_all(engine, workflow, inputs, trace, sinks) -> list[ProgramResult]:
+    async with Runtime(engine, trace=trace, on_event=sinks) as rt:
+        return await rt.run_many(workflow, inputs)
+
+
+def _print_results(workflow: CompiledWorkflow, results: list[ProgramResult], summary: dict, model: str) -> None:
+    for r in results[:SHOWN_OUTPUTS]:
+        out.print(output_panel(r, workflow.output))
+    if len(results) > SHOWN_OUTPUTS:
+        out.print(f"[dim]({len(results) - SHOWN_OUTPUTS} more outputs: use --json)[/]")
+    out.print(results_table(results, f"agentrt run {workflow.name} · {model}"))
+    out.print(summary_line(summary))
+
+
+@app.command(epilog="Examples: agentrt graph workflows/research_team.py · agentrt graph "
+                    "workflows/coding_agent.py --png coding.png · agentrt graph workflows/map_reduce.py --json")
+def graph(
+    target: TargetArg,
+    png: Annotated[Path | None, typer.Option(help="draw the step graph to this PNG file")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a workflow's step graph: its steps, edges, and how far each agent is from the start."""
+    from agentrt.cli.graph_view import describe, draw_png
+    workflow = compiled_target(target)
+    if png is not None:
+        with user_errors():
+            draw_png(workflow, png)
+        err.print(f"wrote {png}")
+    info = describe(workflow)
+    if as_json:
+        return emit_json(info)
+    if png is None or sys.stdout.isatty():
+        from agentrt.cli.graph_view import render_text
+        out.print(render_text(workflow, info))
