@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/agentrt demo
+	$(BIN)/agentrt run workflows/research_team.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
