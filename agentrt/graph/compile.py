@@ -40,6 +40,12 @@ class CompiledWorkflow:
         """The state a program starts from; raises ValueError naming the bad field."""
         if isinstance(inputs, self.state):
             return inputs
+        unknown = [k for k in dict(inputs or {}) if k not in self.state.model_fields]
+        if unknown:
+            hint = difflib.get_close_matches(unknown[0], self.state.model_fields, n=1)
+            raise ValueError(f"input has no field {unknown[0]!r} in {self.state.__name__}"
+                             f"{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
+                             f"fields: {', '.join(self.state.model_fields)}")
         try:
             return self.state.model_validate(dict(inputs or {}))
         except ValidationError as exc:
@@ -120,6 +126,11 @@ class _Checker:
         self.problems.append(f"{where} refers to unknown step {name!r}; {fix}")
         return False
 
+    def _field_hint(self, name: str, among: list[str] | None = None) -> str:
+        among = list(self.fields) if among is None else among
+        hint = difflib.get_close_matches(name, among, n=1)
+        return f"did you mean {hint[0]!r}?" if hint else f"use one of: {', '.join(among) or 'none'}"
+
     def references(self) -> None:
         wf = self.wf
         if not wf.steps:
@@ -144,7 +155,8 @@ class _Checker:
                 self.problems.append(f"step {name!r} calls unknown tool {step.tool!r}; pass the function "
                                      f"or add it with add_tool() (tools: {', '.join(wf.tools) or 'none'})")
         if wf.output is not None and wf.output not in self.fields:
-            self.problems.append(f"output {wf.output!r} is not a field of {wf.state.__name__}")
+            self.problems.append(f"output {wf.output!r} is not a field of {wf.state.__name__}; "
+                                 f"{self._field_hint(wf.output)}")
 
     def fan_outs(self) -> dict[str, str]:
         body_of: dict[str, str] = {}
@@ -153,8 +165,9 @@ class _Checker:
             if not (self._step_ref(fan.to, where) and self._step_ref(fan.join, where)):
                 continue
             if fan.over not in self.fields:
+                lists = [f for f, info in self.fields.items() if is_list_type(info.annotation)]
                 self.problems.append(f"{where} is over {fan.over!r}, which is not a field of "
-                                     f"{self.wf.state.__name__}")
+                                     f"{self.wf.state.__name__}; {self._field_hint(fan.over, lists)}")
             elif not is_list_type(self.fields[fan.over].annotation):
                 self.problems.append(f"{where} is over {fan.over!r}, a {_type_name(self.fields[fan.over].annotation)}"
                                      f", not a list; declare it as list[...] or fan out over another field")
@@ -233,17 +246,28 @@ class _Checker:
                                  f"({_type_name(self.fields[out].annotation)}); give parse= to convert it")
 
     def loops(self, graph: nx.DiGraph) -> frozenset:
-        loops = set()
+        # The branch edges that close a loop count its rounds. A branch inside a loop, or an inner
+        # loop's way out, leads back to its source only by going round another loop: not one.
+        closing = _closing_edges(graph, [self.wf.entry, *self.wf.steps], self.wf.branches)
+        cut = graph.copy()
+        cut.remove_edges_from(closing)
+        loops, unbounded = set(), set()
         for b in self.wf.branches.values():
-            back = [t for t in b.targets if t != END and nx.has_path(graph, t, b.source)]
+            back = [t for t in b.targets if t != END and
+                    ((b.source, t) in closing or nx.has_path(cut, t, b.source))]
             if not back:
                 continue
             if b.max_loops is None:
                 self.problems.append(f"branch after {b.source!r} loops back to {back[0]!r} with no bound; "
                                      f"pass max_loops=N (and exit= if it has several other targets)")
+                unbounded.update((b.source, t) for t in back)     # reported here, not as an edge() loop
                 continue
             forward = [t for t in b.targets if t not in back]
-            if b.exit is None and len(forward) != 1:
+            if not forward:
+                self.problems.append(f"branch after {b.source!r}: every target ({', '.join(back)}) loops "
+                                     f"back; add a way out of the loop (END or a later step) to take once "
+                                     f"max_loops is reached")
+            elif b.exit is None and len(forward) != 1:
                 self.problems.append(f"branch after {b.source!r} loops; say where it goes once max_loops is "
                                      f"reached with exit= (one of {', '.join(forward) or 'its targets'})")
             elif b.exit is not None and b.exit in back:
@@ -251,7 +275,7 @@ class _Checker:
                                      f"target that leaves the loop")
             loops.update((b.source, t) for t in back)
         acyclic = graph.copy()
-        acyclic.remove_edges_from(loops)
+        acyclic.remove_edges_from(loops | unbounded)
         try:
             cycle = nx.find_cycle(acyclic)
             path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
@@ -267,6 +291,58 @@ class _Checker:
             if name not in seen:
                 self.problems.append(f"step {name!r} is unreachable from the start {self.wf.entry!r}; "
                                      f"connect it with edge()/branch()/fan_out() or remove it")
+
+
+def _closing_edges(graph: nx.DiGraph, roots: list[str], branches) -> set[tuple[str, str]]:
+    """The branch edges that close a loop: a back edge that is a branch edge; for a loop closed
+    by a plain edge (review -> revise -> review), the branch edges that lead to it with no other
+    branch on the way."""
+    back = _back_edges(graph, roots)
+    closing = {(u, v) for u, v in back if u in branches}
+    for u, head in back:
+        if u in branches:
+            continue
+        seen, todo = set(), [u]
+        while todo:
+            node = todo.pop()
+            if node in seen or node == head:
+                continue
+            seen.add(node)
+            for pred in graph.predecessors(node):
+                if not nx.has_path(graph, node, pred):
+                    continue                              # enters the loop from outside
+                if pred in branches:
+                    closing.add((pred, node))
+                else:
+                    todo.append(pred)
+    return closing
+
+
+def _back_edges(graph: nx.DiGraph, roots: list[str]) -> set[tuple[str, str]]:
+    """The edges a depth-first walk from `roots` (the entry first) finds going back to a step on
+    its current path: every loop has one."""
+    back: set[tuple[str, str]] = set()
+    on_path: set[str] = set()
+    done: set[str] = set()
+    for root in roots:
+        if root in done or root not in graph:
+            continue
+        on_path.add(root)
+        stack = [(root, iter(graph.successors(root)))]
+        while stack:
+            node, succs = stack[-1]
+            for succ in succs:
+                if succ in on_path:
+                    back.add((node, succ))
+                elif succ not in done:
+                    on_path.add(succ)
+                    stack.append((succ, iter(graph.successors(succ))))
+                    break
+            else:
+                stack.pop()
+                on_path.discard(node)
+                done.add(node)
+    return back
 
 
 def _templates(step: Step) -> list[tuple[str, str]]:

@@ -69,7 +69,14 @@ def apply_update(state: BaseModel, update: Mapping[str, Any], reducers: Mapping[
                          f"(fields: {', '.join(type(state).model_fields)})")
     values = dict(state)
     for key, value in update.items():
-        values[key] = reducers[key](values[key], value) if key in reducers else value
+        if key not in reducers:
+            values[key] = value
+            continue
+        try:
+            values[key] = reducers[key](values[key], value)
+        except Exception as exc:        # e.g. operator.add of a list and a single item
+            raise StateError(f"update {sorted(update)} does not fit {type(state).__name__}: {key}: "
+                             f"reducer {reducers[key].name} failed: {type(exc).__name__}: {exc}") from exc
     try:
         return type(state).model_validate(values)
     except ValidationError as exc:

@@ -61,6 +61,7 @@ class Workflow:
         if known is not None and known is not agent:
             raise ValueError(f"workflow {self.name!r} already has a different agent named {agent.name!r}")
         self.agents[agent.name] = agent
+        self._compiled = None
         for t in agent.tools:
             self.add_tool(t)
         return agent
@@ -71,6 +72,7 @@ class Workflow:
         if known is not None and known.fn is not t.fn:
             raise ValueError(f"workflow {self.name!r} already has a different tool named {t.name!r}")
         self.tools.setdefault(t.name, t)
+        self._compiled = None
         return self.tools[t.name]
 
     # ------------------------------------------------------------------ steps
@@ -118,7 +120,7 @@ class Workflow:
 
     def edge(self, source: str, target: str) -> "Workflow":
         """After `source`, run `target` (END stops the program)."""
-        self._claim(source, f"edge to {target!r}")
+        self._claim(source, f"an edge to {target!r}")
         self.edges[source] = target
         return self
 
@@ -136,7 +138,7 @@ class Workflow:
             raise TypeError(f"branch after {source!r}: router must be callable")
         if max_loops is not None and max_loops < 1:
             raise ValueError(f"branch after {source!r}: max_loops must be at least 1")
-        self._claim(source, "branch")
+        self._claim(source, "a branch")
         self.branches[source] = Branch(source, router, tuple(to), max_loops, exit,
                                        dict(weights) if weights else None)
         return self
@@ -145,7 +147,7 @@ class Workflow:
                 expected_items: int = 3) -> "Workflow":
         """After `source`, run the steps from `to` once per element of the list field `over`,
         concurrently; the branches meet at `join`."""
-        self._claim(source, "fan-out")
+        self._claim(source, "a fan-out")
         self.fan_outs[source] = FanOut(source, over, to, join, item, expected_items)
         return self
 
@@ -154,7 +156,7 @@ class Workflow:
                             ("a fan-out", self.fan_outs)):
             if source in table:
                 self.problems.append(
-                    f"step {source!r} already continues with {kind}; it cannot also have a {what} "
+                    f"step {source!r} already continues with {kind}; it cannot also have {what} "
                     f"(use branch() to choose between targets)")
         self._compiled = None
 

@@ -3,6 +3,7 @@ and tool steps into tool calls, and keeps its typed state."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import time
 from collections import Counter
@@ -21,6 +22,18 @@ from agentrt.runtime.conversation import Conversation
 from agentrt.runtime.errors import ProgramError
 from agentrt.runtime.events import Event, ProgramResult
 from agentrt.runtime.toolcalls import ToolCaller
+
+
+_CURRENT: contextvars.ContextVar["Program"] = contextvars.ContextVar("agentrt_program")
+
+
+def current_program() -> "Program":
+    """The program whose step is running: tools use it to keep per-program resources
+    (`current_program().resources`, `.defer(cleanup)`). Raises outside a program."""
+    try:
+        return _CURRENT.get()
+    except LookupError:
+        raise RuntimeError("current_program() called outside a running agentrt program") from None
 
 
 @dataclass(slots=True)
@@ -61,7 +74,13 @@ class Program:
         self.status = "pending"
         self.tools = ToolCaller(self)
         self.task: asyncio.Task | None = None
+        self.resources: dict[str, Any] = {}        # per-program things tools keep (e.g. a sandbox)
+        self._deferred: list = []
         self._cancel_requested = False              # cancel() before the task got to run()
+
+    def defer(self, cleanup) -> None:
+        """Call `cleanup()` when the program ends, however it ends (last deferred runs first)."""
+        self._deferred.append(cleanup)
 
     # ------------------------------------------------------------------ lifecycle
     def emit(self, _event: str, **data: Any) -> None:
@@ -82,6 +101,7 @@ class Program:
         return self.task.cancel()
 
     async def run(self) -> ProgramResult:
+        _CURRENT.set(self)                           # this task's context: seen by its steps and tools
         self.status = "running"
         self.emit("program_start", workflow=self.wf.name, state=self.state)
         error = None
@@ -96,6 +116,7 @@ class Program:
             self.status, error = "failed", str(exc)
         except Exception as exc:                 # a bug in the runtime: fail this program only
             self.status, error = "failed", f"internal error: {type(exc).__name__}: {exc}"
+        error = self._cleanup(error)
         jct = time.monotonic() - self.submitted
         if error and self.status == "failed":
             self.emit("error", message=error)
@@ -105,6 +126,16 @@ class Program:
         return ProgramResult(self.id, self.wf.name, self.status, self.state, output, error, jct,
                              c["steps"], c["llm_calls"], c["tool_calls"], c["tokens_in"],
                              c["tokens_out"], c["cached_tokens"])
+
+    def _cleanup(self, error: str | None) -> str | None:
+        while self._deferred:
+            cleanup = self._deferred.pop()
+            try:
+                cleanup()
+            except Exception as exc:                 # reported, and it fails an otherwise good program
+                self.status = "failed" if self.status == "done" else self.status
+                error = error or f"cleanup {cleanup!r} raised {type(exc).__name__}: {exc}"
+        return error
 
     # ------------------------------------------------------------------ walking the graph
     async def _walk(self, node: str, lane: Lane | None) -> None:
@@ -185,9 +216,12 @@ class Program:
                   lane=lane.key if lane else None)
 
     async def _python(self, step: FunctionStep, lane: Lane | None) -> None:
-        update = step.fn(self.view(lane))
-        if inspect.isawaitable(update):
-            update = await update
+        if inspect.iscoroutinefunction(step.fn):
+            update = await step.fn(self.view(lane))
+        else:                  # off the event loop: a slow step must not stall the other programs
+            update = await asyncio.to_thread(step.fn, self.view(lane))
+            if inspect.isawaitable(update):
+                update = await update
         if update is None:
             return
         if isinstance(update, self.wf.state):

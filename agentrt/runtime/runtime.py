@@ -39,7 +39,9 @@ class Runtime:
                  **engine_config: Any):
         if engine_config and not isinstance(engine, str):
             raise TypeError("engine_config applies only when the engine is given as a model name")
-        self._own_engine = not isinstance(engine, AsyncLLMEngine)     # a given async engine stays open
+        # The runtime closes only the engine it made: a given async engine (or any object with its
+        # generate/tokenizer/close interface, e.g. a test double) stays open.
+        self._own_engine = isinstance(engine, (str, LLMEngine))
         if isinstance(engine, str):
             engine = AsyncLLMEngine.from_pretrained(engine, **engine_config)
         elif isinstance(engine, LLMEngine):
@@ -71,7 +73,7 @@ class Runtime:
                program_id: str | None = None) -> Program:
         """Start one program now; bad inputs raise ValueError here, before anything runs."""
         compiled = workflow.compile() if isinstance(workflow, Workflow) else workflow
-        state = compiled.initial_state(inputs)
+        state = _initial_state(compiled, inputs)
         pid = program_id or f"{compiled.name}-{next(self._ids)}"
         if pid in self.programs:
             raise ValueError(f"program id {pid!r} is already running")
@@ -95,7 +97,7 @@ class Runtime:
         """Run a program per input, all at once; results in input order. Every input is checked
         before any program starts."""
         compiled = workflow.compile() if isinstance(workflow, Workflow) else workflow
-        states = [compiled.initial_state(x) for x in inputs]
+        states = [_initial_state(compiled, x) for x in inputs]
         programs = [self.submit(compiled, s) for s in states]
         if on_submit is not None:
             for p in programs:
@@ -120,6 +122,13 @@ class Runtime:
         await asyncio.gather(*(p.task for p in list(self.programs.values())), return_exceptions=True)
         if self._own_engine:
             await self.engine.close()
+            # Requests of programs cancelled just now may still be in the engine: their aborts were
+            # queued for the engine loop, which close() stopped before it applied them. Nothing
+            # steps this engine any more, so free their KV blocks here.
+            inner = getattr(self.engine, "engine", None)
+            if isinstance(inner, LLMEngine):
+                for rid in list(inner.requests):
+                    inner.abort(rid)
         if self._trace is not None:
             self._trace.close()
 
@@ -128,6 +137,21 @@ class Runtime:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+
+def _initial_state(compiled: CompiledWorkflow, inputs: Inputs) -> BaseModel:
+    """The program's first state; ValueError for inputs that are not field values of the state
+    (a list or a string given as one input, or a field name the state does not have)."""
+    model = compiled.state
+    if inputs is not None and not isinstance(inputs, (Mapping, BaseModel)):
+        raise ValueError(f"inputs of workflow {compiled.name!r} are a mapping of {model.__name__} fields or a "
+                         f"{model.__name__}, not {type(inputs).__name__} (run_many takes a list of them)")
+    if isinstance(inputs, Mapping) and model.model_config.get("extra") != "allow":
+        unknown = [k for k in inputs if k not in model.model_fields]
+        if unknown:
+            raise ValueError(f"input {unknown[0]!r} is not a field of {model.__name__} "
+                             f"(fields: {', '.join(model.model_fields)})")
+    return compiled.initial_state(inputs)
 
 
 def run(workflow: Workflow | CompiledWorkflow, inputs: Inputs | list[Inputs] = None, *,
