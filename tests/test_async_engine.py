@@ -121,3 +121,19 @@ def test_a_failing_step_fails_requests_in_flight_and_the_engine_recovers(async_e
     out = run(main())
     assert len(out.token_ids) == 3
     check_blocks(async_engine.engine)
+
+
+def test_close_aborts_running_and_queued_requests_and_frees_blocks(async_engine, check_blocks):
+    async def main():
+        running = async_engine.submit([5] * 30, SamplingParams(max_tokens=10_000, ignore_eos=True))
+        await asyncio.sleep(0.05)                     # it is in the engine and holds blocks
+        assert async_engine.engine.pool.num_in_use > 0
+        queued = async_engine.submit([6] * 30, SamplingParams(max_tokens=8))
+        await async_engine.close()
+        for stream in (running, queued):
+            with pytest.raises(asyncio.CancelledError):
+                await stream.result()
+        await async_engine.close()                    # idempotent
+
+    run(main())
+    check_blocks(async_engine.engine)

@@ -63,6 +63,7 @@ class AsyncLLMEngine:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._ids = itertools.count()
+        self._closed = False
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "smollm2-135m", **config: Any) -> "AsyncLLMEngine":
@@ -111,6 +112,11 @@ class AsyncLLMEngine:
                 self._wakeup.set()
 
     async def close(self) -> None:
+        """Stop the step loop; requests still queued or running are aborted (their blocks freed)
+        and their streams end with CancelledError. Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             try:
@@ -118,7 +124,17 @@ class AsyncLLMEngine:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._abort_all)
+        for rid, stream in self._streams.items():
+            stream.put(asyncio.CancelledError(f"request {rid} was aborted: the engine closed"))
+        self._streams.clear()
         self._executor.shutdown(wait=True)
+
+    def _abort_all(self) -> None:
+        self._adds.clear()
+        self._aborts.clear()
+        for rid in list(self.engine.requests):
+            self.engine.abort(rid)
 
     # ---------------------------------------------------------------- the step loop
     def _ensure_running(self) -> None:

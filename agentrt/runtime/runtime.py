@@ -121,14 +121,7 @@ class Runtime:
             program.cancel()
         await asyncio.gather(*(p.task for p in list(self.programs.values())), return_exceptions=True)
         if self._own_engine:
-            await self.engine.close()
-            # Requests of programs cancelled just now may still be in the engine: their aborts were
-            # queued for the engine loop, which close() stopped before it applied them. Nothing
-            # steps this engine any more, so free their KV blocks here.
-            inner = getattr(self.engine, "engine", None)
-            if isinstance(inner, LLMEngine):
-                for rid in list(inner.requests):
-                    inner.abort(rid)
+            await self.engine.close()          # aborts what cancelled programs left queued
         if self._trace is not None:
             self._trace.close()
 
@@ -140,17 +133,12 @@ class Runtime:
 
 
 def _initial_state(compiled: CompiledWorkflow, inputs: Inputs) -> BaseModel:
-    """The program's first state; ValueError for inputs that are not field values of the state
-    (a list or a string given as one input, or a field name the state does not have)."""
+    """The program's first state; ValueError (not a TypeError from dict()) for inputs that are not
+    field values at all, e.g. a list or a string given as one input."""
     model = compiled.state
     if inputs is not None and not isinstance(inputs, (Mapping, BaseModel)):
         raise ValueError(f"inputs of workflow {compiled.name!r} are a mapping of {model.__name__} fields or a "
                          f"{model.__name__}, not {type(inputs).__name__} (run_many takes a list of them)")
-    if isinstance(inputs, Mapping) and model.model_config.get("extra") != "allow":
-        unknown = [k for k in inputs if k not in model.model_fields]
-        if unknown:
-            raise ValueError(f"input {unknown[0]!r} is not a field of {model.__name__} "
-                             f"(fields: {', '.join(model.model_fields)})")
     return compiled.initial_state(inputs)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from agentrt.engine.params import SamplingParams
 from agentrt.graph.state import render
 from agentrt.graph.steps import Agent, LLMStep, ToolStep
@@ -29,7 +31,9 @@ class ToolCaller:
         prog = self.program
         prog.counts["tool_calls"] += 1
         prog.emit("tool_start", step=step, tool=tool.name, expected_duration=tool.expected_duration,
-                  arguments=arguments if isinstance(arguments, dict) else dict(arguments))
+                  # validated arguments by their parameter names (a field may be renamed, e.g. `schema`
+                  # is held as `arg0__` because it clashes with pydantic; its alias is the name)
+                  arguments=arguments.model_dump(by_alias=True) if isinstance(arguments, BaseModel) else dict(arguments))
 
         def on_attempt(attempt: int, error: BaseException | None, seconds: float) -> None:
             if error is not None and attempt <= tool.retries:

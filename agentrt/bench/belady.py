@@ -1,0 +1,123 @@
+"""Bélády's MIN on a recorded block-access trace: the least recompute any eviction policy reaches.
+
+The trace is the engine's sequence of full-block reads, in order: a request's prefill reads its
+prompt's blocks one after another; a resident block is a hit, any other is a miss that recomputes
+the block's tokens and makes it resident (evicting one block when the device is full).
+
+Model: classic per-block demand paging with `capacity_blocks` slots. MIN (on a miss with a full
+cache evict the resident block whose next use is furthest away, never-used-again first) gives the
+least number of misses over *all* eviction policies on this access order. The engine's extra
+constraints only add misses, so MIN stays a lower bound for it:
+  * hash-chain cache: a child block hits only while its parent is resident (the engine evicts
+    leaves only); MIN ignores the chain and may keep a child without its parent;
+  * a request's blocks are needed together, and running requests hold further blocks;
+  * pinning (`Access.pinned_until`) only restricts eviction; it is recorded but ignored here.
+Caveats:
+  * the bound holds for this access order; a policy that reorders requests produces another trace;
+  * `recomputed_tokens` is minimal when all blocks carry the same token count (full blocks of one
+    block size). With unequal counts it is MIN's total, which a size-aware policy may beat.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from typing import NamedTuple
+
+
+class Access(NamedTuple):
+    """One block read. `key` identifies the block's content (e.g. its chain hash)."""
+
+    key: Hashable
+    tokens: int = 16
+    pinned_until: int | None = None  # trace index; recorded, not used by the bound
+
+
+class BeladyResult(NamedTuple):
+    misses: int
+    hits: int
+    recomputed_tokens: int
+    evictions: int
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.misses + self.hits
+        return self.hits / total if total else 0.0
+
+
+def _normalize(accesses: Sequence[Access | Hashable]) -> list[Access]:
+    """Accesses as `Access`; anything that is not an `Access` is a bare key (16 tokens)."""
+    out = [a if isinstance(a, Access) else Access(a) for a in accesses]
+    for a in out:
+        if a.tokens < 0:
+            raise ValueError(f"tokens must be >= 0: {a!r}")
+    return out
+
+
+def _check_capacity(capacity_blocks: int) -> None:
+    if capacity_blocks < 0:
+        raise ValueError(f"capacity_blocks must be >= 0, got {capacity_blocks}")
+
+
+def next_uses(keys: Sequence[Hashable]) -> list[int]:
+    """For each position, the index of the key's next access, or len(keys) if none (one backward pass)."""
+    n = len(keys)
+    nxt = [n] * n
+    seen: dict[Hashable, int] = {}
+    for i in range(n - 1, -1, -1):
+        nxt[i] = seen.get(keys[i], n)
+        seen[keys[i]] = i
+    return nxt
+
+
+def belady(accesses: Sequence[Access | Hashable], capacity_blocks: int) -> BeladyResult:
+    """Misses, hits, recomputed tokens and evictions under Bélády's MIN, in O(n log n).
+
+    Compulsory (first-access) misses are counted. Capacity 0 means no cache: every access misses.
+    """
+    _check_capacity(capacity_blocks)
+    trace = _normalize(accesses)
+    nxt = next_uses([a.key for a in trace])
+    resident: dict[Hashable, int] = {}  # key -> index of its next use
+    heap: list[tuple[int, int, Hashable]] = []  # (-next use, trace index, key); stale entries skipped
+    misses = hits = tokens = evictions = 0
+    for i, access in enumerate(trace):
+        key = access.key
+        if key in resident:
+            hits += 1
+        else:
+            misses += 1
+            tokens += access.tokens
+            if capacity_blocks == 0:
+                continue
+            if len(resident) >= capacity_blocks:
+                while True:
+                    neg_use, _, victim = heapq.heappop(heap)
+                    if resident.get(victim) == -neg_use:
+                        break
+                del resident[victim]
+                evictions += 1
+        resident[key] = nxt[i]
+        heapq.heappush(heap, (-nxt[i], i, key))
+    return BeladyResult(misses, hits, tokens, evictions)
+
+
+def simulate_lru(accesses: Sequence[Access | Hashable], capacity_blocks: int) -> BeladyResult:
+    """The same trace under least-recently-used eviction, for comparison."""
+    _check_capacity(capacity_blocks)
+    lru: OrderedDict[Hashable, None] = OrderedDict()
+    misses = hits = tokens = evictions = 0
+    for access in _normalize(accesses):
+        if access.key in lru:
+            hits += 1
+            lru.move_to_end(access.key)
+            continue
+        misses += 1
+        tokens += access.tokens
+        if capacity_blocks == 0:
+            continue
+        if len(lru) >= capacity_blocks:
+            lru.popitem(last=False)
+            evictions += 1
+        lru[access.key] = None
+    return BeladyResult(misses, hits, tokens, evictions)

@@ -1,0 +1,119 @@
+"""Bélády's MIN bound on hand-computed traces, and against LRU, FIFO and exhaustive search."""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable, Sequence
+from functools import lru_cache
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agentrt.bench.belady import Access, BeladyResult, belady, next_uses, simulate_lru
+
+
+def fifo_misses(keys: Sequence[Hashable], capacity: int) -> int:
+    resident: set[Hashable] = set()
+    order: deque[Hashable] = deque()
+    misses = 0
+    for key in keys:
+        if key in resident:
+            continue
+        misses += 1
+        if len(resident) >= capacity:
+            resident.discard(order.popleft())
+        resident.add(key)
+        order.append(key)
+    return misses
+
+
+def optimal_misses(keys: tuple[Hashable, ...], capacity: int) -> int:
+    """Exhaustive search over every eviction choice (demand paging, tiny traces only)."""
+    @lru_cache(maxsize=None)
+    def best(i: int, resident: frozenset) -> int:
+        if i == len(keys):
+            return 0
+        key = keys[i]
+        if key in resident:
+            return best(i + 1, resident)
+        if len(resident) < capacity:
+            return 1 + best(i + 1, resident | {key})
+        return 1 + min(best(i + 1, (resident - {v}) | {key}) for v in resident)
+    return best(0, frozenset())
+
+
+def test_textbook_sequence():
+    # 7 0 1 2 0 3 0 4 2 3 0 3 2, three slots (resident set after each miss):
+    #  7 0 1      compulsory              {7,0,1}
+    #  2          7, 1 never used again   {0,1,2}  (evicts 7; evicting 1 costs the same)
+    #  0 hit; 3   next uses 0@6 1@- 2@8   {0,2,3}
+    #  0 hit; 4   next uses 0@10 2@8 3@9  {2,3,4}
+    #  2 3 hit; 0 next uses 2@12 3@11 4@- {2,3,0}
+    #  3 2 hit    -> 7 misses, 6 hits, 4 evictions
+    trace = [7, 0, 1, 2, 0, 3, 0, 4, 2, 3, 0, 3, 2]
+    assert belady(trace, 3) == BeladyResult(misses=7, hits=6, recomputed_tokens=7 * 16, evictions=4)
+    assert simulate_lru(trace, 3).misses == 9  # 7 0 1 2 3 4 2 3 0 miss under LRU
+    assert optimal_misses(tuple(trace), 3) == 7
+
+
+def test_large_capacity_has_only_compulsory_misses():
+    trace = list("abcabcddcba")
+    for result in (belady(trace, 4), belady(trace, 100), simulate_lru(trace, 4)):
+        assert (result.misses, result.hits, result.evictions) == (4, 7, 0)
+
+
+def test_capacity_one_and_zero():
+    trace = list("aabab")
+    assert belady(trace, 1) == BeladyResult(4, 1, 64, 3)
+    assert belady(trace, 0) == BeladyResult(5, 0, 80, 0)
+    assert simulate_lru(trace, 0) == BeladyResult(5, 0, 80, 0)
+    assert belady([], 3) == BeladyResult(0, 0, 0, 0)
+
+
+def test_never_used_again_is_evicted_first():
+    # at "c", "a" is used again and "b" is not: MIN keeps "a" (LRU evicts it)
+    trace = list("abca")
+    assert belady(trace, 2).misses == 3
+    assert simulate_lru(trace, 2).misses == 4
+
+
+def test_recomputed_tokens_sum_the_missed_blocks():
+    trace = [Access("p0", 16), Access("p1", 16), Access("x", 5), Access("p0", 16), Access("x", 5)]
+    # two slots: p0 p1 x miss (x evicts p1, never used again), then p0 and x hit
+    assert belady(trace, 2) == BeladyResult(3, 2, 37, 1)
+    # bare keys and Access mix; tuple keys stay keys
+    assert belady([("h", 1), Access(("h", 1), 4), "z"], 2) == BeladyResult(2, 1, 32, 0)
+    with pytest.raises(ValueError):
+        belady([Access("a", -1)], 1)
+    with pytest.raises(ValueError):
+        belady(["a"], -1)
+
+
+def test_next_uses():
+    assert next_uses(list("abacb")) == [2, 4, 5, 5, 5]
+
+
+def test_hit_rate():
+    assert belady(list("aaaa"), 1).hit_rate == 0.75
+    assert belady([], 1).hit_rate == 0.0
+
+
+traces = st.lists(st.integers(0, 7), max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(trace=traces, capacity=st.integers(1, 6))
+def test_min_never_worse_than_lru_or_fifo(trace, capacity):
+    best = belady(trace, capacity)
+    lru = simulate_lru(trace, capacity)
+    assert len(set(trace)) <= best.misses <= lru.misses
+    assert best.misses <= fifo_misses(trace, capacity)
+    assert best.hits + best.misses == len(trace) == lru.hits + lru.misses
+    assert best.recomputed_tokens == 16 * best.misses
+    assert best.evictions == max(0, best.misses - capacity)  # once full, the cache stays full
+
+
+@settings(max_examples=100, deadline=None)
+@given(trace=st.lists(st.integers(0, 4), max_size=12), capacity=st.integers(1, 3))
+def test_min_is_optimal_on_small_traces(trace, capacity):
+    assert belady(trace, capacity).misses == optimal_misses(tuple(trace), capacity)
