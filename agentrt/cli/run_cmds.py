@@ -38,7 +38,11 @@ def read_inputs(input_json: str | None, input_file: Path | None, copies: int) ->
     if input_file is not None:
         if not input_file.is_file():
             fail(f"no such input file: {input_file}")
-        lines = [(i, ln) for i, ln in enumerate(input_file.read_text().splitlines(), 1) if ln.strip()]
+        try:
+            text = input_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"cannot read {input_file}: {exc}")
+        lines = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
         if not lines:
             fail(f"{input_file} has no inputs (one JSON object per line)")
         inputs = [_parse_object(ln, f"{input_file}:{i}") for i, ln in lines]
@@ -82,6 +86,11 @@ def run(
     """
     workflow = compiled_target(target)
     inputs = read_inputs(input_json, input_file, copies)
+    if trace is not None:                  # a bad path is a usage error, not a traceback mid-run
+        try:
+            trace.open("w").close()
+        except OSError as exc:
+            fail(f"cannot write the trace to {trace}: {exc.strerror or exc}")
     with user_errors():
         for x in inputs:
             workflow.initial_state(x)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from agentrt.graph import CompiledWorkflow, Workflow
+from agentrt.graph import CompiledWorkflow, Workflow, WorkflowError
 
 
 class TargetError(ValueError):
@@ -19,8 +19,16 @@ def load_workflow(target: str) -> CompiledWorkflow:
     source, attr = _split(target)
     module = _import_file(source) if _is_file(source) else _import_module(source)
     obj = _pick(module, source, attr)
+    if isinstance(obj, type):                       # e.g. the state model: calling it builds no workflow
+        raise TargetError(f"{target} is a class ({obj.__name__}), not a Workflow (or a function returning one)")
     if callable(obj) and not isinstance(obj, (Workflow, CompiledWorkflow)):
-        obj = obj()                                 # a factory: build_workflow() -> Workflow
+        try:
+            obj = obj()                             # a factory: build_workflow() -> Workflow
+        except WorkflowError:
+            raise
+        except Exception as exc:                    # e.g. it needs arguments: no traceback, say why
+            raise TargetError(f"calling {target}() failed: {type(exc).__name__}: {exc} "
+                              f"(a workflow factory is called with no arguments)") from exc
     if isinstance(obj, Workflow):
         return obj.compile()
     if isinstance(obj, CompiledWorkflow):

@@ -1,0 +1,73 @@
+"""The scripts in examples/ run end to end (as a user would run them) on the tiny model.
+
+The tiny model writes random bytes, so the checks are on what the scripts print about the run
+(statuses, counts, hit rates), never on generated text.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str, *args: str, cwd: Path) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.run([sys.executable, str(EXAMPLES / name), "--model", "tiny-random-llama", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", timeout=120)
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("name", ["minimal_embedding.py", "custom_tools.py", "direct_engine.py"])
+def test_example_is_a_short_documented_script(name):
+    source = (EXAMPLES / name).read_text()
+    assert source.startswith('"""') and len(source.splitlines()) < 80
+    assert "--model" in source and 'if __name__ == "__main__":' in source
+
+
+def test_minimal_embedding(tmp_path):
+    out = run_example("minimal_embedding.py", cwd=tmp_path)
+    assert len(re.findall(r"^--- qa-\d: done in [\d.]+ s$", out, re.M)) == 2
+    assert re.findall(r"^2 LLM calls, \d+ prompt tokens, \d+ from the prefix cache: hit rate \d+%$", out, re.M)
+    overall = re.search(r"^overall prefix hit rate: (\d+)% \((\d+)/(\d+) prompt tokens\)$", out, re.M)
+    assert overall, out
+    cached, total = int(overall[2]), int(overall[3])
+    assert 0 < cached < total              # the second program reuses the first one's system prompts
+
+
+def test_custom_tools(tmp_path):
+    trace = tmp_path / "trace.jsonl"
+    out = run_example("custom_tools.py", "--trace", str(trace), cwd=tmp_path)
+    rows = re.findall(r"^(trip-\d): done in [\d.]+ s · 1 LLM calls · (\d+) tool calls "
+                      r"\((\d+) by the agent, (\d+) retries\) · prefix hit rate \d+%$", out, re.M)
+    assert [r[0] for r in rows] == ["trip-0", "trip-1", "trip-2"], out
+    for _, calls, by_agent, retries in rows:
+        assert int(calls) == 1 + int(by_agent) and retries == "1"    # the flaky weather tool, retried once
+    for city, weather in (("Paris", "light rain, 12 C"), ("Kyoto", "sunny, 24 C"), ("Lima", "overcast, 19 C")):
+        assert f"  {city} ({weather}): " in out                      # the graph-driven tool's result
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert f"trace: {len(events)} events in {trace}" in out
+    kinds = [e["event"] for e in events]
+    assert kinds.count("program_start") == kinds.count("program_end") == 3
+    assert kinds.count("tool_retry") == 3
+    assert all(e["status"] == "done" for e in events if e["event"] == "program_end")
+
+
+def test_direct_engine(tmp_path):
+    out = run_example("direct_engine.py", cwd=tmp_path)
+    assert len(re.findall(r"^generate '.*' -> .* \(\d+ tokens, (length|stop)\)$", out, re.M)) == 2
+    assert len(re.findall(r"^chat '(Name three primary colors\.|What is a haiku\?)' -> ", out, re.M)) == 2
+    streamed = re.findall(r"\[(\d+) prompt tokens, (\d+) from the prefix cache; \d+ tokens in [\d.]+ s\]", out)
+    assert len(streamed) == 2, out
+    (_, first_cached), (second_len, second_cached) = [(int(a), int(b)) for a, b in streamed]
+    assert first_cached < second_cached < second_len     # the shared system prompt came from the cache
+    assert re.search(r"^engine: \d+ steps, prefix hit rate \d+%$", out, re.M)
