@@ -307,7 +307,9 @@ def test_runtime_accepts_any_engine_with_the_async_engine_interface():
     result, rec, eng = run_scripted(["plain answer"], agent_workflow(Agent("plain", "Be plain.", params=P(8))))
     assert result.status == "done" and result.output == "plain answer"
     [c] = eng.calls
-    assert c["meta"] == RequestMeta(result.program_id, "plain", "answer", {"turn": 0})
+    meta = c["meta"]
+    assert (meta.program_id, meta.agent_id, meta.step_id, meta.hints["turn"]) == (result.program_id, "plain", "answer", 0)
+    assert isinstance(meta.hints["program_arrival"], float)
     assert c["request_id"] == f"{result.program_id}/answer/0"
     assert c["prompt"].startswith("<|im_start|>system\nBe plain.<|im_end|>\n")
     assert c["prompt"].endswith("<|im_start|>user\nQuestion: What do bees make?<|im_end|>\n<|im_start|>assistant\n")

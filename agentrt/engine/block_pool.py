@@ -17,7 +17,7 @@ from agentrt.engine.eviction import EvictionPolicy, LRUPolicy
 
 class Block:
     __slots__ = ("block_id", "ref_count", "block_hash", "token_ids", "parent",
-                 "num_cached_children", "last_access", "prev", "next")
+                 "num_cached_children", "last_access", "readers", "prev", "next")
 
     def __init__(self, block_id: int):
         self.block_id = block_id
@@ -27,6 +27,7 @@ class Block:
         self.parent: Block | None = None
         self.num_cached_children = 0
         self.last_access = 0
+        self.readers: dict[tuple, int] = {}   # (program, agent) -> clock of its last use; policies rank by it
         self.prev: Block | None = None
         self.next: Block | None = None
 
@@ -83,6 +84,9 @@ def chain_hash(parent_hash: int | None, token_ids: tuple[int, ...]) -> int:
     return hash((parent_hash, token_ids))
 
 
+MAX_READERS = 8          # most recent (program, agent) readers remembered per block
+
+
 class NoFreeBlocks(RuntimeError):
     """Raised when every block is in use; the scheduler answers with preemption."""
 
@@ -102,6 +106,7 @@ class BlockPool:
         self.stats_hit_blocks = 0
         self.stats_queried_blocks = 0
         self.stats_evicted_blocks = 0
+        self.access_log: list[int] | None = None   # set to [] to record every full-block use (Belady bound)
 
     # ---------------------------------------------------------------- capacity
     @property
@@ -148,6 +153,7 @@ class BlockPool:
             if parent.num_cached_children == 0 and parent.ref_count == 0:
                 self.policy.add(parent)
         block.block_hash = block.token_ids = block.parent = None
+        block.readers = {}
 
     def touch(self, blocks: Sequence[Block]) -> None:
         """Take one more reference on blocks found in the prefix cache."""
@@ -173,6 +179,27 @@ class BlockPool:
             self._num_cached_free += 1
             if block.num_cached_children == 0:
                 self.policy.add(block)
+
+    def set_policy(self, policy: EvictionPolicy) -> None:
+        """Switch the eviction policy; the evictable leaves move over to it."""
+        leaves = list(self.policy.blocks())
+        for block in leaves:
+            self.policy.remove(block)
+        self.policy = policy
+        for block in leaves:
+            policy.add(block)
+
+    def note_use(self, blocks: Sequence[Block], reader: tuple | None) -> None:
+        """Record who read or wrote these cached blocks (for next-use ranking) and, when logging,
+        the use itself."""
+        if reader is not None:
+            for block in blocks:
+                readers = block.readers
+                readers[reader] = self.clock
+                if len(readers) > MAX_READERS:
+                    del readers[min(readers, key=readers.get)]
+        if self.access_log is not None:
+            self.access_log.extend(b.block_hash for b in blocks if b.block_hash is not None)
 
     # ---------------------------------------------------------------- prefix cache
     def cache_full_block(self, block: Block, parent: Block | None, token_ids: tuple[int, ...]) -> Block:

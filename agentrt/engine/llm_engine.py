@@ -46,7 +46,8 @@ class LLMEngine:
         self.model.rope_cos, self.model.rope_sin = cos.to(self.device), sin.to(self.device)
         self.pool = BlockPool(num_blocks, config.block_size)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
-                                                   self.max_model_len, config.enable_prefix_caching), self.pool)
+                                                   self.max_model_len, config.enable_prefix_caching,
+                                                   config.schedule_order), self.pool)
         self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.dtype, self.device)
         self.eos_token_ids = _eos_ids(mc, self.tokenizer)
         self.requests: dict[str, Request] = {}

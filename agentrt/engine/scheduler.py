@@ -22,6 +22,7 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 2048
     max_model_len: int = 2048
     enable_prefix_caching: bool = True
+    order: str = "request"          # "request": FCFS by request; "program": FCFS by program arrival
 
 
 class ScheduledBatch(NamedTuple):
@@ -34,6 +35,16 @@ class ScheduledBatch(NamedTuple):
         return sum(self.num_new_tokens)
 
 
+def reader_of(req: Request) -> tuple | None:
+    meta = req.meta
+    return (meta.program_id, meta.agent_id) if meta.program_id is not None else None
+
+
+def program_arrival(req: Request) -> float:
+    """When the request's program arrived (the runtime's hint), else the request itself."""
+    return req.meta.hints.get("program_arrival", req.arrival_time)
+
+
 class Scheduler:
     def __init__(self, config: SchedulerConfig, pool: BlockPool):
         self.config = config
@@ -42,7 +53,16 @@ class Scheduler:
         self.running: list[Request] = []
 
     def add(self, req: Request) -> None:
-        self.waiting.append(req)
+        """Queue a request: at the tail, or (program order) behind every request of an older or
+        equally old program, so a program's next turn overtakes newer programs' first turns."""
+        if self.config.order != "program" or not self.waiting:
+            self.waiting.append(req)
+            return
+        key = program_arrival(req)
+        i = len(self.waiting)
+        while i > 0 and self.waiting[i - 1].num_preemptions == 0 and program_arrival(self.waiting[i - 1]) > key:
+            i -= 1
+        self.waiting.insert(i, req)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -97,6 +117,7 @@ class Scheduler:
             toks = [tuple(req.tokens(j * bs, (j + 1) * bs)) for j in range(max_blocks)]
             hits = self.pool.match_prefix(req.block_hashes[:max_blocks], toks)
             self.pool.touch(hits)
+            self.pool.note_use(hits, reader_of(req))
             req.block_table = hits
         req.num_computed_tokens = len(req.block_table) * bs
         if req.num_preemptions == 0:
@@ -164,6 +185,7 @@ class Scheduler:
                     self.pool.touch([canonical])
                     self.pool.free([table[j]])
                     table[j] = canonical
+                self.pool.note_use((canonical,), reader_of(req))
 
     def finish(self, req: Request, reason: str) -> None:
         req.status = RequestStatus.FINISHED

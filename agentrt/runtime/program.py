@@ -297,7 +297,7 @@ class Program:
         rid = f"{self.id}/{step.name}/{self.counts['requests']}"
         self.counts["requests"] += 1
         self.emit("llm_start", step=step.name, agent=agent.name, request_id=rid, tokens_in=len(ids), turn=turn)
-        meta = RequestMeta(self.id, agent.name, step.name, {"turn": turn})
+        meta = RequestMeta(self.id, agent.name, step.name, {"turn": turn, "program_arrival": self.submitted})
         try:
             out = await self.rt.engine.generate(ids, params, meta=meta, request_id=rid)
         except ValueError as exc:                 # e.g. the conversation outgrew the context

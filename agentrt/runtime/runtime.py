@@ -31,12 +31,14 @@ class Runtime:
 
     `engine` is a model alias or path (loaded with `engine_config`), an LLMEngine, or an
     AsyncLLMEngine. `trace` is a JSONL path; `on_event` callables receive every Event.
+    `policy` (lru, continuum, kvflow, agentrt) installs a workflow-aware KV eviction policy fed
+    by a program table (`self.table`); None leaves the engine's own (LRU).
     One failing program never stops the others; `cancel()` stops one and frees its KV blocks.
     """
 
     def __init__(self, engine: str | LLMEngine | AsyncLLMEngine = "smollm2-135m", *,
                  trace: str | Path | None = None, on_event: Iterable[EventSink] = (),
-                 **engine_config: Any):
+                 policy: str | None = None, **engine_config: Any):
         if engine_config and not isinstance(engine, str):
             raise TypeError("engine_config applies only when the engine is given as a model name")
         # The runtime closes only the engine it made: a given async engine (or any object with its
@@ -54,6 +56,19 @@ class Runtime:
             self.sinks.append(self._trace)
         self.programs: dict[str, Program] = {}            # running or pending
         self._ids = itertools.count()
+        self.table = self._install_policy(policy) if policy is not None else None
+
+    def _install_policy(self, name: str):
+        from agentrt.sched.policies import make_policy
+        from agentrt.sched.program_table import ProgramTable
+        pool = getattr(getattr(self.engine, "engine", None), "pool", None)
+        if pool is None:
+            raise TypeError("a KV policy needs an agentrt engine (LLMEngine or AsyncLLMEngine)")
+        table = ProgramTable().attach(self)
+        eviction, sinks = make_policy(name, table)
+        pool.set_policy(eviction)
+        self.sinks.extend(sinks)
+        return table
 
     @property
     def tokenizer(self):

@@ -130,6 +130,10 @@ class ToolPausePredictor:
         stats.hint = seconds
         stats.dist = None
 
+    def hint(self, tool: str) -> float | None:
+        stats = self._tools.get(tool)
+        return stats.hint if stats is not None else None
+
     # ----------------------------------------------------------------------------- statistics
     def _dist(self, tool: str) -> _Dist:
         stats = self._tools.get(tool)
@@ -183,6 +187,19 @@ class ToolPausePredictor:
             acc += value * (cum - prev)
             prev = cum
         return acc / dist.total
+
+    def expected_remaining(self, tool: str, elapsed: float) -> float:
+        """E[pause - elapsed | pause > elapsed]: how much longer a call already `elapsed` seconds
+        old should take. Past every known duration the guess is `elapsed` again (an overdue call
+        of a heavy-tailed tool tends to run long)."""
+        dist = self._dist(tool)
+        prev, mass, acc = 0.0, 0.0, 0.0
+        for value, cum in zip(dist.values, dist.cum):
+            if value > elapsed:
+                mass += cum - prev
+                acc += (value - elapsed) * (cum - prev)
+            prev = cum
+        return acc / mass if mass > 0 else max(elapsed, 1e-3)
 
     # ---------------------------------------------------------------------------- the TTL rule
     def pin_decision(self, tool: str, cache_loss_cost: float, *, candidates: Sequence[float] | None = None,

@@ -1,0 +1,134 @@
+"""Which cached KV block to evict: the four policies a run can switch between.
+
+| policy      | evicts first                                                                |
+|-------------|-----------------------------------------------------------------------------|
+| `lru`       | the least recently used leaf (vLLM / SGLang prefix caching)                 |
+| `continuum` | LRU, but a program paused on a tool keeps its blocks for a TTL (its pin)     |
+| `kvflow`    | the leaf whose readers are the most steps from running again                 |
+| `agentrt`   | the leaf whose readers are expected to need it latest, in seconds: the rest  |
+|             | of a tool pause as the predictor expects it, plus the turns still to go      |
+
+Blocks remember their (program, agent) readers; a shared prefix is ranked by its most urgent
+reader. Only leaves are offered, so eviction is leaf-first. Ties go to the least recently used.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+
+from agentrt.engine.block_pool import Block
+from agentrt.engine.eviction import EvictionPolicy, LRUPolicy
+from agentrt.sched.program_table import INF, ProgramTable
+
+POLICIES = ("lru", "continuum", "kvflow", "agentrt")
+
+
+class RankedPolicy(EvictionPolicy):
+    """Evictable leaves in a dict; `pop` takes the one with the smallest `rank` right now (ranks
+    move as programs advance, so they are computed at eviction time, per reader once per pop)."""
+
+    def __init__(self, table: ProgramTable, clock=time.monotonic):
+        self.table, self.clock = table, clock
+        self._leaves: dict[int, Block] = {}
+
+    def add(self, block: Block) -> None:
+        self._leaves[block.block_id] = block
+
+    def remove(self, block: Block) -> None:
+        del self._leaves[block.block_id]
+
+    def blocks(self) -> Iterator[Block]:
+        return iter(list(self._leaves.values()))
+
+    def __len__(self) -> int:
+        return len(self._leaves)
+
+    def pop(self) -> Block:
+        if not self._leaves:
+            raise IndexError("no evictable block")
+        now, memo = self.clock(), {}
+        victim = min(self._leaves.values(), key=lambda b: (self.rank(b, now, memo), b.last_access, b.block_id))
+        del self._leaves[victim.block_id]
+        return victim
+
+    def rank(self, block: Block, now: float, memo: dict) -> float:
+        """Smaller is evicted first."""
+        raise NotImplementedError
+
+
+class ContinuumPolicy(RankedPolicy):
+    """LRU among unpinned leaves; a pinned leaf goes only when nothing else is left. Pins come
+    from `TTLPinner` (Continuum's rule) and end at their TTL, when the program's next turn
+    starts, or when it ends."""
+
+    def rank(self, block: Block, now: float, memo: dict) -> float:
+        return 1.0 if any(self._pinned(pid, now, memo) for pid, _ in block.readers) else 0.0
+
+    def _pinned(self, pid: str, now: float, memo: dict) -> bool:
+        if pid not in memo:
+            entry = self.table.entries.get(pid)
+            memo[pid] = entry is not None and not entry.finished and (entry.pin_until or 0.0) > now
+        return memo[pid]
+
+
+class KVFlowPolicy(RankedPolicy):
+    """Steps-to-execution: the leaf whose most urgent reader is farthest from its next turn goes
+    first (finished programs' blocks before all others)."""
+
+    def rank(self, block: Block, now: float, memo: dict) -> float:
+        best = INF
+        for reader in block.readers:
+            if reader not in memo:
+                memo[reader] = self.table.distance(*reader)
+            best = min(best, memo[reader])
+        return -best
+
+
+class AgentrtPolicy(RankedPolicy):
+    """Expected seconds until the block is read again (a paused program's remaining tool time,
+    predicted, plus a turn's time per step to go); the latest-needed leaf goes first."""
+
+    def rank(self, block: Block, now: float, memo: dict) -> float:
+        best = INF
+        for reader in block.readers:
+            if reader not in memo:
+                memo[reader] = self.table.eta(*reader, now)
+            best = min(best, memo[reader])
+        return -best
+
+
+class TTLPinner:
+    """An event sink applying Continuum's rule when a program pauses on a tool: pin its blocks
+    for the τ that maximizes P(tool done by τ) * p(continue) * cost(losing the cache) - τ."""
+
+    def __init__(self, table: ProgramTable, *, prefill_seconds_per_token: float = 1 / 600,
+                 requeue_seconds: float = 0.5):
+        self.table = table
+        self.prefill_seconds_per_token = prefill_seconds_per_token
+        self.requeue_seconds = requeue_seconds
+
+    def __call__(self, event) -> None:
+        if event.event != "tool_start":
+            return
+        entry = self.table.entries.get(event.program)
+        if entry is None or entry.finished:
+            return
+        cost = entry.context_tokens * self.prefill_seconds_per_token + self.requeue_seconds
+        p_continue = min(1.0, entry.remaining_turns)
+        ttl = self.table.predictor.pin_time(event.data["tool"], cost, p_continue=p_continue)
+        if ttl > 0 and math.isfinite(ttl):
+            self.table.pin(event.program, self.table.clock() + ttl)
+
+
+def make_policy(name: str, table: ProgramTable) -> tuple[EvictionPolicy, list]:
+    """The eviction policy for `name`, and the event sinks it needs beside the program table."""
+    if name == "lru":
+        return LRUPolicy(), []
+    if name == "continuum":
+        return ContinuumPolicy(table, table.clock), [TTLPinner(table)]
+    if name == "kvflow":
+        return KVFlowPolicy(table, table.clock), []
+    if name == "agentrt":
+        return AgentrtPolicy(table, table.clock), []
+    raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
