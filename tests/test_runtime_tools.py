@@ -13,7 +13,6 @@ from pydantic import BaseModel
 
 from agentrt import Agent, Runtime, Workflow, append, tool
 from agentrt.engine import SamplingParams
-from agentrt.engine.request import RequestMeta
 from agentrt.tools import TOOL_CALL_CLOSE
 from runtime_helpers import P, Recorder, ScriptedEngine, arun
 
