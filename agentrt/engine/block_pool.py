@@ -107,6 +107,8 @@ class BlockPool:
         self.stats_queried_blocks = 0
         self.stats_evicted_blocks = 0
         self.access_log: list[int] | None = None   # set to [] to record every full-block use (Belady bound)
+        self._ever_cached: set[int] = set()          # hashes computed at least once
+        self.stats_recomputed_blocks = 0             # full blocks computed again after an eviction
 
     # ---------------------------------------------------------------- capacity
     @property
@@ -215,6 +217,10 @@ class BlockPool:
             return block  # a hash collision: leave this block out of the cache
         block.block_hash, block.token_ids, block.parent = h, token_ids, parent
         self.cached[h] = block
+        if h in self._ever_cached:
+            self.stats_recomputed_blocks += 1
+        else:
+            self._ever_cached.add(h)
         if parent is not None:
             if parent.num_cached_children == 0 and parent.ref_count == 0:
                 self.policy.remove(parent)

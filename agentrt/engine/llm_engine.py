@@ -194,6 +194,7 @@ class LLMEngine:
             "num_blocks": pool.num_blocks, "block_size": pool.block_size,
             "blocks_in_use": pool.num_in_use, "blocks_cached_free": pool.num_cached_free,
             "blocks_free": len(pool.free_queue), "evicted_blocks": pool.stats_evicted_blocks,
+            "recomputed_blocks": pool.stats_recomputed_blocks,
             "prefix_hit_rate": pool.stats_hit_blocks / pool.stats_queried_blocks if pool.stats_queried_blocks else 0.0,
             "steps": self.num_steps, "waiting": len(self.scheduler.waiting), "running": len(self.scheduler.running),
         }
