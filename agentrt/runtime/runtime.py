@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import sys
 import time
@@ -59,7 +60,7 @@ class Runtime:
         self.table = self._install_policy(policy) if policy is not None else None
 
     def _install_policy(self, name: str):
-        from agentrt.sched.policies import make_policy
+        from agentrt.sched.policies import PROGRAM_ORDERED, make_policy
         from agentrt.sched.program_table import ProgramTable
         pool = getattr(getattr(self.engine, "engine", None), "pool", None)
         if pool is None:
@@ -67,6 +68,9 @@ class Runtime:
         table = ProgramTable().attach(self)
         eviction, sinks = make_policy(name, table)
         pool.set_policy(eviction)
+        scheduler = self.engine.engine.scheduler
+        order = "program" if name in PROGRAM_ORDERED else "request"
+        scheduler.config = dataclasses.replace(scheduler.config, order=order)
         self.sinks.extend(sinks)
         return table
 

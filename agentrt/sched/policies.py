@@ -22,6 +22,7 @@ from agentrt.engine.eviction import EvictionPolicy, LRUPolicy
 from agentrt.sched.program_table import INF, ProgramTable
 
 POLICIES = ("lru", "continuum", "kvflow", "agentrt")
+PROGRAM_ORDERED = ("continuum", "agentrt")        # admit by program arrival, not request arrival
 
 
 class RankedPolicy(EvictionPolicy):

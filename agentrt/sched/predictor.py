@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -85,7 +86,7 @@ def _build_dist(weighted: Iterable[tuple[float, float]]) -> _Dist:
 class ToolPausePredictor:
     """Online per-tool pause-duration distributions, with a prior for the cold start."""
 
-    __slots__ = ("window", "prior_weight", "default_median", "default_sigma", "hint_sigma", "_tools")
+    __slots__ = ("window", "prior_weight", "default_median", "default_sigma", "hint_sigma", "_tools", "_lock")
 
     def __init__(self, *, window: int = 256, prior_weight: float = 4.0, default_median: float = 1.0,
                  default_sigma: float = 1.0, hint_sigma: float = 0.5):
@@ -102,6 +103,7 @@ class ToolPausePredictor:
         self.default_sigma = float(default_sigma)
         self.hint_sigma = float(hint_sigma)
         self._tools: dict[str, _ToolStats] = {}
+        self._lock = threading.RLock()     # the runtime observes while the engine thread ranks blocks
 
     # ------------------------------------------------------------------------------- learning
     def _stats(self, tool: str) -> _ToolStats:
@@ -113,9 +115,10 @@ class ToolPausePredictor:
     def observe(self, tool: str, seconds: float) -> None:
         """Record one observed pause of `tool` (seconds, >= 0)."""
         seconds = _check_duration(seconds, "pause duration")
-        stats = self._stats(tool)
-        stats.obs.append(seconds)
-        stats.dist = None
+        with self._lock:
+            stats = self._stats(tool)
+            stats.obs.append(seconds)
+            stats.dist = None
 
     def observe_many(self, tool: str, seconds: Iterable[float]) -> None:
         for s in seconds:
@@ -126,9 +129,10 @@ class ToolPausePredictor:
         seconds = _check_duration(seconds, "hint")
         if seconds == 0:
             raise ValueError("hint must be > 0")
-        stats = self._stats(tool)
-        stats.hint = seconds
-        stats.dist = None
+        with self._lock:
+            stats = self._stats(tool)
+            stats.hint = seconds
+            stats.dist = None
 
     def hint(self, tool: str) -> float | None:
         stats = self._tools.get(tool)
@@ -136,6 +140,10 @@ class ToolPausePredictor:
 
     # ----------------------------------------------------------------------------- statistics
     def _dist(self, tool: str) -> _Dist:
+        with self._lock:
+            return self._build(tool)
+
+    def _build(self, tool: str) -> _Dist:
         stats = self._tools.get(tool)
         if stats is not None and stats.dist is not None:
             return stats.dist

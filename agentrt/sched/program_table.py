@@ -32,6 +32,7 @@ class ProgramEntry:
 class _Live:
     workflow: Any
     frontier: Counter = field(default_factory=Counter)
+    program: Any = None                          # for its loop counts (bounded loops used up)
 
 
 class ProgramTable:
@@ -44,7 +45,8 @@ class ProgramTable:
         self._live: dict[str, _Live] = {}
         self._runtime = None
         self.step_seconds = 1.0                  # running mean of an agent turn's duration
-        self._llm_started: dict[str, float] = {}
+        self._llm_started: dict[tuple[str, str], float] = {}   # (program, request id) -> start
+        self._open_tools: dict[str, list] = {}   # program -> (tool, since) of calls in flight (lanes overlap)
 
     def attach(self, runtime) -> "ProgramTable":
         self._runtime = runtime
@@ -61,7 +63,7 @@ class ProgramTable:
         program = self._runtime.programs.get(pid) if self._runtime is not None else None
         if program is None:
             return
-        self._live[pid] = _Live(program.wf)
+        self._live[pid] = _Live(program.wf, program=program)
         for tool in program.wf.tools.values():
             if tool.expected_duration and self.predictor.hint(tool.name) is None:
                 self.predictor.set_hint(tool.name, tool.expected_duration)
@@ -70,6 +72,9 @@ class ProgramTable:
 
     def _on_program_end(self, pid: str, data: dict) -> None:
         self._live.pop(pid, None)
+        self._open_tools.pop(pid, None)
+        for key in [k for k in self._llm_started if k[0] == pid]:   # turns cut off by a cancel
+            del self._llm_started[key]
         entry = self.entries.get(pid)
         if entry is not None:
             self.entries[pid] = ProgramEntry(pid, entry.arrival, {}, 0.0, finished=True)
@@ -94,20 +99,33 @@ class ProgramTable:
         self._refresh(pid, list(live.frontier.elements()))
 
     def _on_tool_start(self, pid: str, data: dict) -> None:
-        self._update(pid, paused_tool=data["tool"], paused_since=self.clock())
+        self._open_tools.setdefault(pid, []).append((data["tool"], self.clock()))
+        self._paused(pid)
 
     def _on_tool_end(self, pid: str, data: dict) -> None:
-        entry = self.entries.get(pid)
-        if entry is not None and entry.paused_tool and data.get("error") is None:
-            self.predictor.observe(entry.paused_tool, data["duration"])
-        self._update(pid, paused_tool=None, paused_since=None)
+        tool = data["tool"]
+        if data.get("error") is None:
+            self.predictor.observe(tool, data["duration"])
+        calls = self._open_tools.get(pid, [])
+        for i, (name, _) in enumerate(calls):
+            if name == tool:
+                del calls[i]
+                break
+        self._paused(pid)
+
+    def _paused(self, pid: str) -> None:
+        """Paused while any call is in flight: on the oldest one (the longest wait so far)."""
+        calls = self._open_tools.get(pid)
+        tool, since = calls[0] if calls else (None, None)
+        self._update(pid, paused_tool=tool, paused_since=since)
 
     def _on_llm_start(self, pid: str, data: dict) -> None:
-        self._llm_started[data["request_id"]] = self.clock()
-        self._update(pid, pin_until=None)        # the program is back: its blocks are in use again
+        self._llm_started[pid, data["request_id"]] = self.clock()
+        if not self._open_tools.get(pid):
+            self._update(pid, pin_until=None)    # the program is back: its blocks are in use again
 
     def _on_llm_end(self, pid: str, data: dict) -> None:
-        started = self._llm_started.pop(data["request_id"], None)
+        started = self._llm_started.pop((pid, data["request_id"]), None)
         if started is not None:
             self.step_seconds = 0.9 * self.step_seconds + 0.1 * (self.clock() - started)
         self._update(pid, context_tokens=data["tokens_in"] + data["tokens_out"])
@@ -119,8 +137,9 @@ class ProgramTable:
             return
         analysis = live.workflow.analysis
         frontier = [n for n in frontier if n in live.workflow.steps]
-        self._update(pid, steps_to_execution=analysis.steps_to_execution(frontier),
-                     remaining_turns=analysis.expected_remaining_turns(frontier))
+        loops = dict(getattr(live.program, "loop_counts", None) or {})
+        self._update(pid, steps_to_execution=analysis.steps_to_execution(frontier, loops),
+                     remaining_turns=analysis.expected_remaining_turns(frontier, loop_counts=loops))
 
     def _update(self, pid: str, **changes: Any) -> None:
         entry = self.entries.get(pid)
