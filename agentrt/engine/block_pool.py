@@ -7,84 +7,21 @@ A block is in exactly one of three states:
 
 Cached blocks form a forest (every cached block knows its parent). Eviction removes leaves only,
 and the order among evictable leaves is the eviction policy's decision.
+
+With a host tier, an evicted leaf is swapped out (its KV copied to a host slot, unless
+`swap_filter` says drop it) and a prefix match can continue into the host tier, loading blocks
+back. The pool only records these copies; the engine takes them (`take_moves`) after each
+schedule and runs them before the step's compute: swap-outs first (their blocks still hold the
+evicted KV), then loads. Pins keep host slots stable while a copy is pending (see host_tier).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 
+from agentrt.engine.blocks import MAX_READERS, Block, FreeBlockQueue, chain_hash
 from agentrt.engine.eviction import EvictionPolicy, LRUPolicy
-
-
-class Block:
-    __slots__ = ("block_id", "ref_count", "block_hash", "token_ids", "parent",
-                 "num_cached_children", "last_access", "readers", "prev", "next")
-
-    def __init__(self, block_id: int):
-        self.block_id = block_id
-        self.ref_count = 0
-        self.block_hash: int | None = None
-        self.token_ids: tuple[int, ...] | None = None
-        self.parent: Block | None = None
-        self.num_cached_children = 0
-        self.last_access = 0
-        self.readers: dict[tuple, int] = {}   # (program, agent) -> clock of its last use; policies rank by it
-        self.prev: Block | None = None
-        self.next: Block | None = None
-
-    def __repr__(self) -> str:
-        return f"Block({self.block_id}, ref={self.ref_count}, hash={self.block_hash})"
-
-
-class FreeBlockQueue:
-    """Intrusive doubly linked list of blocks: append, popleft and remove are all O(1)."""
-
-    __slots__ = ("head", "tail", "size")
-
-    def __init__(self, blocks: Iterable[Block] = ()):
-        self.head: Block | None = None
-        self.tail: Block | None = None
-        self.size = 0
-        for block in blocks:
-            self.append(block)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def append(self, block: Block) -> None:
-        block.prev, block.next = self.tail, None
-        if self.tail is None:
-            self.head = block
-        else:
-            self.tail.next = block
-        self.tail = block
-        self.size += 1
-
-    def popleft(self) -> Block:
-        block = self.head
-        if block is None:
-            raise IndexError("pop from an empty FreeBlockQueue")
-        self.remove(block)
-        return block
-
-    def remove(self, block: Block) -> None:
-        if block.prev is None:
-            self.head = block.next
-        else:
-            block.prev.next = block.next
-        if block.next is None:
-            self.tail = block.prev
-        else:
-            block.next.prev = block.prev
-        block.prev = block.next = None
-        self.size -= 1
-
-
-def chain_hash(parent_hash: int | None, token_ids: tuple[int, ...]) -> int:
-    """Hash of a full block given its parent's hash: equal hashes mean equal whole prefixes."""
-    return hash((parent_hash, token_ids))
-
-
-MAX_READERS = 8          # most recent (program, agent) readers remembered per block
+from agentrt.engine.host_tier import HostEntry, HostTier, Moves
+from agentrt.engine.pool_checks import check_pool
 
 
 class NoFreeBlocks(RuntimeError):
@@ -92,7 +29,8 @@ class NoFreeBlocks(RuntimeError):
 
 
 class BlockPool:
-    def __init__(self, num_blocks: int, block_size: int, policy: EvictionPolicy | None = None):
+    def __init__(self, num_blocks: int, block_size: int, policy: EvictionPolicy | None = None,
+                 host: HostTier | None = None):
         if num_blocks < 1 or block_size < 1:
             raise ValueError("num_blocks and block_size must be positive")
         self.num_blocks = num_blocks
@@ -109,6 +47,13 @@ class BlockPool:
         self.access_log: list[int] | None = None   # set to [] to record every full-block use (Belady bound)
         self._ever_cached: set[int] = set()          # hashes computed at least once
         self.stats_recomputed_blocks = 0             # full blocks computed again after an eviction
+        self.host = host
+        self.swap_filter: Callable[[Block], bool] | None = None   # per victim: swap out (True) or drop
+        self.prefetch_pins = 0                       # host entries pinned by prefetches in flight
+        self.stats_swapped_out_blocks = 0            # victims copied to the host tier
+        self.stats_dropped_blocks = 0                # victims dropped (no host tier, filtered, host full)
+        self.stats_loaded_blocks = 0                 # host blocks loaded back on demand
+        self.stats_prefetched_blocks = 0             # host blocks brought back ahead by a prefetch
 
     # ---------------------------------------------------------------- capacity
     @property
@@ -140,6 +85,7 @@ class BlockPool:
             block = self.free_queue.popleft()
         else:
             block = self.policy.pop()
+            self._swap_out(block)
             self._uncache(block)
             self._num_cached_free -= 1
             self.stats_evicted_blocks += 1
@@ -147,7 +93,21 @@ class BlockPool:
         block.last_access = self.clock
         return block
 
+    def _swap_out(self, block: Block) -> None:
+        """Record the copy of an evicted leaf to the host tier (runs before the block is rewritten)."""
+        host = self.host
+        if host is None or (self.swap_filter is not None and not self.swap_filter(block)):
+            self.stats_dropped_blocks += 1
+            return
+        parent_hash = block.parent.block_hash if block.parent is not None else None
+        if host.put(block.block_id, block.block_hash, parent_hash, block.token_ids, block.readers, self.clock):
+            self.stats_swapped_out_blocks += 1
+        elif host.lookup(block.block_hash, parent_hash, block.token_ids) is None:
+            self.stats_dropped_blocks += 1      # host full of pinned entries, or a collision
+
     def _uncache(self, block: Block) -> None:
+        if self.host is not None and self.host.pending_in:
+            self.host.cancel_load(block.block_id)
         del self.cached[block.block_hash]
         parent = block.parent
         if parent is not None:
@@ -215,17 +175,20 @@ class BlockPool:
             return canonical
         if canonical is not None:
             return block  # a hash collision: leave this block out of the cache
-        block.block_hash, block.token_ids, block.parent = h, token_ids, parent
-        self.cached[h] = block
         if h in self._ever_cached:
             self.stats_recomputed_blocks += 1
         else:
             self._ever_cached.add(h)
+        self._insert(block, parent, h, token_ids)
+        return block
+
+    def _insert(self, block: Block, parent: Block | None, h: int, token_ids: tuple[int, ...]) -> None:
+        block.block_hash, block.token_ids, block.parent = h, token_ids, parent
+        self.cached[h] = block
         if parent is not None:
             if parent.num_cached_children == 0 and parent.ref_count == 0:
                 self.policy.remove(parent)
             parent.num_cached_children += 1
-        return block
 
     def match_prefix(self, block_hashes: Sequence[int], block_tokens: Sequence[tuple[int, ...]]) -> list[Block]:
         """Longest run of cached blocks for a chain of hashes (tokens compared to rule out collisions)."""
@@ -239,8 +202,55 @@ class BlockPool:
         self.stats_hit_blocks += len(hits)
         return hits
 
+    # ---------------------------------------------------------------- host tier
+    def load_from_host(self, hashes: Sequence[int], block_tokens: Sequence[tuple[int, ...]],
+                       parent: Block | None) -> list[Block]:
+        """Continue a device prefix hit (ending at `parent`) into the host tier: each host hit gets
+        a device block, cached under its parent at once, held by the caller (ref 1), its copy
+        pending until `take_moves`. Loads no more blocks than are free or evictable now."""
+        host = self.host
+        if host is None or not hashes:
+            return []
+        entries = host.match(hashes, block_tokens, parent.block_hash if parent is not None else None,
+                             self.num_free)
+        for entry in entries:                     # pin all first: the allocations' swap-outs may evict host leaves
+            host.pin(entry, self.clock)
+        loaded: list[Block] = []
+        for entry in entries:
+            block = self._take_one()
+            if self.register_loaded(block, parent, entry) is not block:
+                self.free([block])                # cannot happen right after a device miss; stay safe
+                break
+            host.pending_in[block.block_id] = entry
+            loaded.append(block)
+            parent = block
+        for entry in entries[len(loaded):]:
+            host.unpin(entry)
+        self.stats_loaded_blocks += len(loaded)
+        return loaded
+
+    def register_loaded(self, block: Block, parent: Block | None, entry: HostEntry) -> Block | None:
+        """Cache a block whose KV is (or is about to be) the host entry's; returns the block that
+        now stands for that content, or None when the chain is cut (parent uncached, collision)."""
+        canonical = self.cached.get(entry.block_hash)
+        if canonical is not None:
+            return canonical if canonical.token_ids == entry.token_ids else None
+        if parent is not None and parent.block_hash is None:
+            return None
+        self._insert(block, parent, entry.block_hash, entry.token_ids)
+        block.readers = dict(entry.readers)
+        block.last_access = self.clock
+        return block
+
+    def take_moves(self) -> Moves:
+        """The block copies recorded since the last call, to run now (swap-outs, then loads)."""
+        return self.host.take_moves() if self.host is not None else Moves([], [], [], [])
+
     def reset_prefix_cache(self) -> int:
-        """Drop every cached block that no request holds; returns how many were dropped."""
+        """Drop every cached block that no request holds, and every unpinned host entry; returns how
+        many device blocks were dropped."""
+        if self.host is not None:
+            self.host.clear()
         dropped = 0
         while len(self.policy):
             block = self.policy.pop()
@@ -250,29 +260,6 @@ class BlockPool:
             dropped += 1
         return dropped
 
-    # ---------------------------------------------------------------- invariants
     def check_invariants(self) -> None:
-        """Raise AssertionError if the pool's bookkeeping is inconsistent (used by tests)."""
-        free_ids, node = [], self.free_queue.head
-        while node is not None:
-            free_ids.append(node.block_id)
-            node = node.next
-        assert len(free_ids) == len(self.free_queue) == len(set(free_ids))
-        evictable = {b.block_id for b in self.policy.blocks()}
-        for block in self.blocks:
-            assert block.ref_count >= 0, block
-            in_free = block.block_id in free_ids
-            assert in_free == (block.ref_count == 0 and block.block_hash is None), block
-            is_leaf_free = block.ref_count == 0 and block.block_hash is not None and block.num_cached_children == 0
-            assert (block.block_id in evictable) == is_leaf_free, block
-            if block.block_hash is not None:
-                assert self.cached[block.block_hash] is block
-                if block.parent is not None:
-                    assert block.parent.block_hash is not None
-                    assert block.parent.ref_count >= block.ref_count, (block.parent, block)
-            children = sum(1 for b in self.cached.values() if b.parent is block)
-            assert children == block.num_cached_children, (block, children)
-        cached_free = sum(1 for b in self.cached.values() if b.ref_count == 0)
-        assert cached_free == self._num_cached_free, (cached_free, self._num_cached_free)
-        in_use = sum(1 for b in self.blocks if b.ref_count > 0)
-        assert in_use == self.num_in_use and len(free_ids) + cached_free + in_use == self.num_blocks
+        """Raise AssertionError if the pool's (and host tier's) bookkeeping is inconsistent (tests)."""
+        check_pool(self)

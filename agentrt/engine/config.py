@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class EngineConfig(BaseModel):
@@ -15,6 +15,9 @@ class EngineConfig(BaseModel):
     device: Literal["cpu", "cuda", "auto"] = "auto"
     block_size: int = Field(16, ge=1, le=1024, description="tokens per KV block")
     kv_cache_tokens: int = Field(16384, ge=16, description="device-tier KV capacity in tokens")
+    host_kv_tokens: int = Field(0, ge=0, description="host-tier KV capacity in tokens (0: no host tier); evicted "
+                                "cached blocks are swapped out there and loaded back on a prefix hit "
+                                "(needs prefix caching)")
     max_num_seqs: int = Field(64, ge=1, description="most requests in one batch")
     max_num_batched_tokens: int = Field(2048, ge=16, description="token budget per step (prefill chunk size)")
     max_model_len: int | None = Field(None, ge=2, description="context limit; default: the model's, capped by the KV capacity")
@@ -23,6 +26,13 @@ class EngineConfig(BaseModel):
         "request", description="waiting queue: FCFS by request, or by program arrival (the runtime's hint)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     seed: int = Field(0, description="seed for tiny-random-llama's weights")
+
+    @model_validator(mode="after")
+    def _host_holds_a_block(self) -> "EngineConfig":
+        if 0 < self.host_kv_tokens < self.block_size:
+            raise ValueError(f"host_kv_tokens={self.host_kv_tokens} holds no block of {self.block_size} tokens; "
+                             "use 0 for no host tier")
+        return self
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":

@@ -16,9 +16,11 @@ import torch
 from agentrt.engine.block_pool import BlockPool
 from agentrt.engine.config import EngineConfig
 from agentrt.engine.detokenize import update_text
+from agentrt.engine.host_tier import HostTier
 from agentrt.engine.loader import LoadedModel, load_model
 from agentrt.engine.model import LlamaModel
 from agentrt.engine.params import SamplingParams
+from agentrt.engine.prefetch import Prefetcher
 from agentrt.engine.request import Request, RequestMeta, RequestOutput
 from agentrt.engine.runner import ModelRunner
 from agentrt.engine.scheduler import Scheduler, SchedulerConfig
@@ -44,11 +46,13 @@ class LLMEngine:
         cos, sin = model.rope_cos, model.rope_sin          # fp32 tables, kept out of the dtype cast
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.model.rope_cos, self.model.rope_sin = cos.to(self.device), sin.to(self.device)
-        self.pool = BlockPool(num_blocks, config.block_size)
+        host_slots = config.host_kv_tokens // config.block_size if config.enable_prefix_caching else 0
+        self.pool = BlockPool(num_blocks, config.block_size, host=HostTier(host_slots) if host_slots else None)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
                                                    self.max_model_len, config.enable_prefix_caching,
                                                    config.schedule_order), self.pool)
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.dtype, self.device)
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.dtype, self.device, host_slots)
+        self.prefetcher = Prefetcher(self.pool, self.runner) if host_slots else None
         self.eos_token_ids = _eos_ids(mc, self.tokenizer)
         self.requests: dict[str, Request] = {}
         self.stream_text = False              # detokenize every step (set by streaming fronts)
@@ -112,7 +116,8 @@ class LLMEngine:
         return True
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        """Requests queued or running, or prefetches not yet registered (their blocks are held)."""
+        return self.scheduler.has_unfinished() or bool(self.prefetcher and self.prefetcher.pending())
 
     # ---------------------------------------------------------------- stepping
     def step(self) -> list[RequestOutput]:
@@ -120,8 +125,16 @@ class LLMEngine:
         return [RequestOutput.of(r) for r in self._step()]
 
     def _step(self) -> list[Request]:
+        tiers = self.prefetcher
+        if tiers is not None and tiers.inflight:   # wait only if its blocks might force a preemption
+            tiers.register(wait=self.pool.num_free < len(self.scheduler.running))
         batch = self.scheduler.schedule()
+        if tiers is not None:
+            tiers.run_copies()             # swap-outs and loads before the compute; prefetches during it
         if not batch.requests:
+            if tiers is not None and tiers.inflight:    # nothing to compute (or their blocks are what it lacks)
+                tiers.register(wait=True)
+                return []
             if self.scheduler.waiting and not self.scheduler.running:   # would spin forever: say why
                 req = self.scheduler.waiting[0]
                 raise RuntimeError(f"cannot schedule request {req.request_id!r} ({req.num_tokens} tokens) with "
@@ -146,6 +159,25 @@ class LLMEngine:
             if req.finished:
                 self.requests.pop(req.request_id, None)
         return updated
+
+    # ---------------------------------------------------------------- host tier
+    def prefetch(self, prompt: Prompt, *, evict: bool = False) -> None:
+        """Ask for the host-tier blocks of `prompt`'s prefix to be brought back to the device ahead of
+        need. Safe from any thread: planned at the next step, after that step's schedule (demand
+        first), on free device blocks (`evict`: also on evictable cached ones); the copy runs on a
+        worker thread during the step's compute. A no-op without a host tier."""
+        if self.prefetcher is not None:
+            self.prefetcher.ask(self.encode(prompt), evict)
+
+    def prefetch_now(self, prompt: Prompt, *, evict: bool = False) -> int:
+        """`prefetch`, planned and started at once; call it only where steps run, between steps.
+        Returns the number of blocks on their way."""
+        self.prefetch(prompt, evict=evict)
+        return self.prefetcher.run_copies() if self.prefetcher else 0
+
+    def sync_prefetches(self) -> int:
+        """Wait for every prefetch started and register its blocks; returns how many joined the cache."""
+        return self.prefetcher.register(wait=True) if self.prefetcher else 0
 
     def _check_finish(self, req: Request, token: int) -> None:
         p = req.params
@@ -195,6 +227,10 @@ class LLMEngine:
             "blocks_in_use": pool.num_in_use, "blocks_cached_free": pool.num_cached_free,
             "blocks_free": len(pool.free_queue), "evicted_blocks": pool.stats_evicted_blocks,
             "recomputed_blocks": pool.stats_recomputed_blocks,
+            "host_blocks": pool.host.num_slots if pool.host else 0, "host_blocks_used": len(pool.host or ()),
+            "swapped_out_blocks": pool.stats_swapped_out_blocks, "dropped_blocks": pool.stats_dropped_blocks,
+            "loaded_blocks": pool.stats_loaded_blocks, "prefetched_blocks": pool.stats_prefetched_blocks,
+            "host_evicted_blocks": pool.host.stats_evicted if pool.host else 0,
             "prefix_hit_rate": pool.stats_hit_blocks / pool.stats_queried_blocks if pool.stats_queried_blocks else 0.0,
             "steps": self.num_steps, "waiting": len(self.scheduler.waiting), "running": len(self.scheduler.running),
         }

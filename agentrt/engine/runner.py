@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from agentrt.engine.attention import AttentionMetadata, ContextPrefill
+from agentrt.engine.host_tier import Moves
 from agentrt.engine.model import LlamaModel
 from agentrt.engine.sampler import Sampler
 from agentrt.engine.scheduler import ScheduledBatch
@@ -12,8 +13,46 @@ from agentrt.engine.scheduler import ScheduledBatch
 MIN_SHARED_BLOCKS = 4   # below this a cascade's extra kernels cost more than the gathers it saves
 
 
+def block_runs(a: list[int], b: list[int]):
+    """(a0, b0, n): maximal runs over which both index lists step by one."""
+    i = 0
+    while i < len(a):
+        n = 1
+        while i + n < len(a) and a[i + n] == a[i] + n and b[i + n] == b[i] + n:
+            n += 1
+        yield a[i], b[i], n
+        i += n
+
+
+# Tier copies go one copy per run of consecutive blocks, all runs in one call on CPU (one GIL
+# release for the batch, so a prefetch thread does not stall the model's many small ops). A
+# batched index_select/index_copy_ over the block axis measured ~6x slower on CPU (it gathers
+# element by element). Host layout is slot-major, [slots, layers, 2, block_size, kv_heads,
+# head_dim], so a host block is one contiguous piece (one DMA on CUDA).
+def swap_out(device_kv: Tensor, host_kv: Tensor, block_ids: list[int], slots: list[int]) -> None:
+    runs = list(block_runs(block_ids, slots))
+    _copy([host_kv[s:s + n] for b, s, n in runs], [device_kv[:, :, b:b + n].movedim(2, 0) for b, s, n in runs])
+
+
+def load(device_kv: Tensor, host_kv: Tensor, block_ids: list[int], slots: list[int], non_blocking: bool = False) -> None:
+    runs = list(block_runs(block_ids, slots))
+    _copy([device_kv[:, :, b:b + n] for b, s, n in runs], [host_kv[s:s + n].movedim(0, 2) for b, s, n in runs],
+          non_blocking)
+
+
+def _copy(dst: list[Tensor], src: list[Tensor], non_blocking: bool = False) -> None:
+    if not dst:
+        return
+    if dst[0].device.type == src[0].device.type == "cpu":
+        torch._foreach_copy_(dst, src)
+        return
+    for d, s in zip(dst, src):
+        d.copy_(s, non_blocking=non_blocking)
+
+
 class ModelRunner:
-    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device):
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device,
+                 host_slots: int = 0):
         cfg = model.config
         self.model = model
         self.block_size = block_size
@@ -22,7 +61,16 @@ class ModelRunner:
         # one preallocated tensor for the whole device tier: [layers, K/V, blocks, block_size, kv_heads, head_dim]
         self.kv_cache = torch.zeros(cfg.num_hidden_layers, 2, num_blocks, block_size, n_kv, model.head_dim,
                                     dtype=dtype, device=device)
+        # the host tier, slot-major; pinned on CUDA so copies are direct DMA
+        self.host_kv = torch.zeros(host_slots, cfg.num_hidden_layers, 2, block_size, n_kv, model.head_dim, dtype=dtype,
+                                   pin_memory=device.type == "cuda") if host_slots else None
         self.sampler = Sampler()
+
+    @torch.inference_mode()
+    def apply_moves(self, moves: Moves) -> None:
+        """Run one step's tier copies: swap-outs first (their blocks may be load targets), then loads."""
+        swap_out(self.kv_cache, self.host_kv, moves.out_blocks, moves.out_slots)
+        load(self.kv_cache, self.host_kv, moves.in_blocks, moves.in_slots)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[Tensor | None, Tensor | None, list[int]]:

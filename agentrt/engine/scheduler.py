@@ -5,6 +5,8 @@ still has to compute (one for a decode, up to the rest of the budget for a prefi
 waiting requests are admitted while budget, sequence slots and blocks last. When blocks run out,
 the newest running request is preempted: its blocks go back to the pool (full ones stay in the
 prefix cache, so resuming often recomputes little) and it waits at the head of the queue.
+With a host tier, a prefix match that misses on the device continues into the host tier: those
+blocks are loaded back (copied before the step's compute) and count as cached, not computed.
 """
 from __future__ import annotations
 
@@ -117,6 +119,9 @@ class Scheduler:
             toks = [tuple(req.tokens(j * bs, (j + 1) * bs)) for j in range(max_blocks)]
             hits = self.pool.match_prefix(req.block_hashes[:max_blocks], toks)
             self.pool.touch(hits)
+            if len(hits) < max_blocks and self.pool.host is not None:    # continue into the host tier
+                k = len(hits)
+                hits += self.pool.load_from_host(req.block_hashes[k:max_blocks], toks[k:], hits[-1] if hits else None)
             self.pool.note_use(hits, reader_of(req))
             req.block_table = hits
         req.num_computed_tokens = len(req.block_table) * bs

@@ -1,0 +1,289 @@
+"""`agentrt bench workflows` (and the harness `bench replay` shares): the KV policies side by side.
+
+Method:
+* The model is loaded once; every (run, policy) gets a FRESH engine on those weights with the
+  device tier at `kv_tokens` (`schedule_order="program"` for continuum and agentrt, "request"
+  otherwise), so no policy inherits another's cache. Runs interleave the policies (run 1: every
+  policy, then run 2, ..., each run starting one policy later in the list) so that load from
+  elsewhere on the machine and warm-up effects hit them alike; figures are medians over runs.
+* A warm-up run comes first (lru, tier `WARMUP_TIER_TOKENS` or the chosen tier if larger), never
+  counted. For workflows it measures the **working set**: the distinct full KV blocks the workload touches (what a
+  tier that never evicts would hold; content-addressed, so eviction does not change the count) and
+  the longest request. The default tier is `tier_fraction` (40%) of it, never below the longest
+  request plus one block (the engine must fit any single request). A replay computes both from the
+  trace and warms up on its first few programs only.
+* Programs arrive by a seeded Poisson process at `rate` programs/s, or all at once (rate 0).
+  Every program has its own text (its index and seeded random words), so prefix caching cannot
+  make programs identical; fixed shapes (ignore_eos, exact output lengths, graph-driven tools)
+  keep the work the same for every policy.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentrt.bench.metrics import Probe, ProgramRecord, RunRecord, belady_recomputes
+from agentrt.engine import EngineConfig, LLMEngine
+from agentrt.engine.async_engine import AsyncLLMEngine
+from agentrt.engine.loader import LoadedModel, load_model
+from agentrt.runtime import Runtime
+from agentrt.sched.policies import POLICIES
+
+WORKLOADS = ("research_team", "coding_agent")
+PROGRAM_ORDER = ("continuum", "agentrt")          # policies that schedule whole programs
+WARMUP_TIER_TOKENS = 16384
+TOOL_LATENCY_FILE = "tracelab_claude_session_rounds.jsonl"
+WORDS = ("amber river lattice copper glacier orbit meadow cipher harbor falcon quartz ember tundra "
+         "signal mosaic canyon pollen vector lantern basalt comet delta fjord garnet horizon island "
+         "juniper kelp lagoon magnet nebula oasis prism quill reef saffron tide umber violet willow "
+         "yarrow zephyr anchor beacon cedar dune echo fern grove helix ivory jade kiln lichen marble").split()
+
+Log = Callable[[str], None]
+
+
+def parse_policies(spec: str) -> list[str]:
+    """Comma-separated policy names, in the order given (duplicates dropped)."""
+    names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+    unknown = [n for n in names if n not in POLICIES]
+    if unknown or not names:
+        raise ValueError(f"unknown policy {', '.join(unknown) or repr(spec)}; choose from {', '.join(POLICIES)}")
+    return names
+
+
+def poisson_arrivals(n: int, rate: float, seed: int) -> list[float]:
+    """Arrival times (s) of n programs: a Poisson process at `rate`/s starting at 0, or all at 0."""
+    if rate < 0:
+        raise ValueError(f"rate must be >= 0 (0: all programs at once), got {rate}")
+    if rate == 0:
+        return [0.0] * n
+    rng, t, out = random.Random(seed), 0.0, []
+    for _ in range(n):
+        out.append(t)
+        t += rng.expovariate(rate)
+    return out
+
+
+def words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+@dataclass
+class Workload:
+    """What the harness runs: `drive(engine, policy, probe)` runs every program once and returns
+    their records and the wall time (from the first arrival to the last end)."""
+    name: str
+    programs: int
+    describe: str
+    drive: Callable[..., Any]
+    notes: list[str] = field(default_factory=list)
+    known_working_set_tokens: int | None = None     # replay: computed from the trace (warm-up only warms)
+    known_longest_request: int | None = None
+
+
+# ------------------------------------------------------------------------------------------ harness
+class Harness:
+    """The weights, loaded once, and a fresh engine per run."""
+
+    def __init__(self, model: str, *, dtype: str = "auto", threads: int | None = None, block_size: int = 16,
+                 seed: int = 0, host_tokens: int = 0):
+        self.model, self.dtype, self.threads, self.block_size = model, dtype, threads, block_size
+        self.extra = {"host_kv_tokens": host_tokens} if host_tokens else {}
+        if host_tokens and "host_kv_tokens" not in EngineConfig.model_fields:
+            raise ValueError("this engine has no host tier (EngineConfig.host_kv_tokens); leave --kv-host-tokens at 0")
+        self.loaded: LoadedModel = load_model(model, seed=seed) if model == "tiny-random-llama" else load_model(model)
+        self.vocab_size = self.loaded.config.vocab_size
+        self.max_positions = self.loaded.config.max_position_embeddings
+
+    def engine(self, policy: str, kv_tokens: int) -> LLMEngine:
+        cfg = EngineConfig(dtype=self.dtype, block_size=self.block_size, kv_cache_tokens=kv_tokens,
+                           schedule_order="program" if policy in PROGRAM_ORDER else "request",
+                           num_threads=self.threads, max_model_len=min(self.max_positions, kv_tokens),
+                           **self.extra)
+        return LLMEngine(self.loaded, cfg)
+
+    def one_run(self, workload: Workload, policy: str, kv_tokens: int, run: int, *,
+                warmup: bool = False) -> RunRecord:
+        engine = self.engine(policy, kv_tokens)
+        probe = Probe(engine)
+        records, wall = asyncio.run(workload.drive(engine, policy, probe, warmup))
+        pool = engine.pool
+        belady_blocks, distinct = belady_recomputes(pool.access_log, pool.num_blocks)
+        return RunRecord(policy, run, wall, sorted(records, key=lambda r: r.arrival_s), pool.block_size,
+                         pool.num_blocks, pool.stats_recomputed_blocks, pool.stats_evicted_blocks,
+                         probe.preemptions, probe.peak_blocks, engine.num_steps, belady_blocks, distinct,
+                         len(pool.access_log), getattr(pool, "stats_loaded_blocks", 0), probe.finish())
+
+
+@dataclass
+class BenchResult:
+    workload: str
+    policies: list[str]
+    tier_tokens: int
+    working_set_tokens: int
+    max_request_tokens: int
+    runs: dict[str, list[RunRecord]]
+    warmup_s: float
+    notes: list[str]
+
+
+def choose_tier(working_set_tokens: int, max_request_tokens: int, block_size: int,
+                fraction: float) -> tuple[int, list[str]]:
+    """`fraction` of the working set in whole blocks, at least the longest request plus one block."""
+    notes = []
+    tier = max(block_size, round(working_set_tokens * fraction / block_size) * block_size)
+    floor = (-(-max_request_tokens // block_size) + 1) * block_size
+    if tier < floor:
+        notes.append(f"device tier raised from {tier} to {floor} tokens: the longest request "
+                     f"({max_request_tokens} tokens) must fit")
+        tier = floor
+    return tier, notes
+
+
+def run_bench(harness: Harness, workload: Workload, policies: list[str], runs: int, kv_tokens: int | None,
+              tier_fraction: float, log: Log, *, warmup: bool = True) -> BenchResult:
+    notes = list(workload.notes)
+    t0 = time.perf_counter()
+    working_set, longest = workload.known_working_set_tokens or 0, workload.known_longest_request or 0
+    _check_fits(longest, kv_tokens, harness)
+    if warmup or (kv_tokens is None and not workload.known_working_set_tokens):
+        warm_tier = max(WARMUP_TIER_TOKENS, kv_tokens or 0)
+        log(f"warm-up: {workload.describe}, lru, tier {warm_tier} tokens (not counted)")
+        rec = harness.one_run(workload, "lru", warm_tier, 0, warmup=True)
+        if not workload.known_working_set_tokens:
+            working_set, longest = rec.distinct_blocks * rec.block_size, longest_request(rec)
+        failed = [p for p in rec.programs if p.status != "done"]
+        if failed:
+            notes.append(f"warm-up: {len(failed)} program(s) failed, e.g. {failed[0].program_id}: {failed[0].error}")
+        log(f"warm-up: {time.perf_counter() - t0:.1f} s; working set {working_set} tokens, "
+            f"longest request {longest} tokens" + (f"; {len(failed)} FAILED ({failed[0].error})" if failed else ""))
+        _check_fits(longest, kv_tokens, harness)
+    warmup_s = time.perf_counter() - t0
+    if kv_tokens is None:
+        kv_tokens, tier_notes = choose_tier(working_set, longest, harness.block_size, tier_fraction)
+        notes += tier_notes
+    results: dict[str, list[RunRecord]] = {p: [] for p in policies}
+    for k in range(1, runs + 1):
+        shift = (k - 1) % len(policies)           # rotate the order: no policy always runs first
+        for policy in policies[shift:] + policies[:shift]:
+            rec = harness.one_run(workload, policy, kv_tokens, k)
+            results[policy].append(rec)
+            jcts = [p.jct_s for p in rec.programs if p.status == "done"]
+            failed = [p for p in rec.programs if p.status != "done"]
+            if failed and not any(n.startswith(f"{policy}: ") for n in notes):
+                notes.append(f"{policy}: {len(failed)} program(s) failed, e.g. {failed[0].program_id}: {failed[0].error}")
+            log(f"  run {k}/{runs} {policy:<10} mean JCT {statistics.fmean(jcts) if jcts else 0:.2f} s, "
+                f"wall {rec.wall_s:.1f} s, recomputed {rec.recomputed_blocks * rec.block_size} tok, "
+                f"peak {rec.peak_blocks}/{rec.tier_blocks} blocks"
+                + (f", {len(failed)} FAILED ({failed[0].error})" if failed else ""))
+    return BenchResult(workload.name, policies, kv_tokens, working_set, longest, results, warmup_s, notes)
+
+
+def _check_fits(longest: int, kv_tokens: int | None, harness: Harness) -> None:
+    """ValueError when the longest request cannot run: past the model's positions or the chosen tier."""
+    if longest > harness.max_positions:
+        raise ValueError(f"a request of {longest} tokens exceeds the model's {harness.max_positions} positions; "
+                         "lower --scale or --output-tokens")
+    if kv_tokens is not None and longest and kv_tokens < longest + harness.block_size:
+        raise ValueError(f"--kv-device-tokens {kv_tokens} cannot hold the longest request ({longest} tokens) "
+                         f"plus a block; give at least {(-(-longest // harness.block_size) + 1) * harness.block_size}")
+
+
+def longest_request(rec: RunRecord) -> int:
+    """The longest request (prompt + output tokens) of a run, from its timeline."""
+    return max((n for kind, _, _, _, n in rec.timeline if kind == "llm"), default=0)
+
+
+# ------------------------------------------------------------------------------------------ workflows
+def _workflow_module(name: str):
+    """workflows/<name>.py from the project root (they are files, not part of the package)."""
+    path = Path(__file__).resolve().parents[2] / "workflows" / f"{name}.py"
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: the workflow benchmarks need the project's workflows/ folder")
+    spec = importlib.util.spec_from_file_location(f"agentrt_bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def tool_latencies() -> tuple[list[float], str]:
+    """Real tool-call wall latencies (s) from the TraceLab round trace, all tools pooled."""
+    from agentrt.bench.traces import workloads_dir
+    from agentrt.sched.predictor import load_tracelab_tool_latencies
+    folder = workloads_dir()
+    if folder is not None and (folder / TOOL_LATENCY_FILE).is_file():
+        lat = load_tracelab_tool_latencies(folder / TOOL_LATENCY_FILE)
+        values = sorted(x for v in lat.values() for x in v)
+        return values, f"tool pauses drawn from {len(values)} real tool latencies ({TOOL_LATENCY_FILE})"
+    values = [0.06, 0.08, 0.14, 0.19, 0.86, 1.18, 2.5, 5.0, 12.7, 16.1]
+    return values, f"{TOOL_LATENCY_FILE} not found (../shared/workloads): built-in latency sample used"
+
+
+def workflow_workload(name: str, programs: int, rate: float, seed: int, *, output_tokens: int | None = None,
+                      rounds: int | None = None, speedup: float = 1.0) -> Workload:
+    """Many concurrent fixed-shape programs of `name` (research_team or coding_agent)."""
+    if name not in WORKLOADS:
+        raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+    if programs < 1 or speedup <= 0:
+        raise ValueError("need --programs >= 1 and --speedup > 0")
+    arrivals = poisson_arrivals(programs, rate, seed)
+    rng = random.Random(seed)
+    notes = [f"arrivals: {'all at once' if rate == 0 else f'Poisson, {rate:g} programs/s (seed {seed})'}"]
+    module = _workflow_module(name)
+    if name == "research_team":
+        out = output_tokens or 48
+        wf = module.build(fixed_shape=True, researchers=3, output_tokens=out, search_seconds=0.5 / speedup,
+                          review_rounds=rounds if rounds is not None else 1)
+        inputs = [{"topic": f"Topic {i}: {words(rng, 6)}?"} for i in range(programs)]
+        pauses: dict[str, list[float]] = {}
+        describe = f"{programs} research_team programs (3 researchers, {out} tokens per turn)"
+    else:
+        out, n_rounds = output_tokens or 32, rounds or 4
+        latencies, source = tool_latencies()
+        notes.append(source + (f", compressed {speedup:g}x" if speedup != 1 else ""))
+        pauses = {f"p{i}": [rng.choice(latencies) / speedup for _ in range(n_rounds)] for i in range(programs)}
+        current: dict[str, list[float]] = {}
+
+        def draw() -> float:
+            from agentrt.runtime import current_program
+            return current[current_program().id].pop(0)
+        wf = module.build(fixed_shape=True, rounds=n_rounds, output_tokens=out, tool_seconds=draw)
+        inputs = [{"task": f"Task {i}: write a function named {words(rng, 1)}_{i} that sorts {words(rng, 5)}."}
+                  for i in range(programs)]
+        describe = f"{programs} coding_agent programs ({n_rounds} rounds, {out} tokens per turn)"
+    compiled = wf.compile()
+
+    async def drive(engine: LLMEngine, policy: str, probe: Probe, warmup: bool = False):
+        if name == "coding_agent":          # the same pauses, program by program, for every policy
+            current.clear()
+            current.update({pid: list(seq) for pid, seq in pauses.items()})
+        aengine = AsyncLLMEngine(engine)
+        engine.stream_text = False          # text is only needed at the end of a turn
+        rt = Runtime(aengine, policy=policy)
+        probe.attach(rt)
+        try:
+            start = probe.start()
+
+            async def one(i: int) -> ProgramRecord:
+                delay = arrivals[i] - (time.monotonic() - start)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                submitted = time.monotonic() - start
+                r = await rt.submit(compiled, inputs[i], program_id=f"p{i}").result()
+                return ProgramRecord(r.program_id, r.status, submitted, r.jct, r.llm_calls, r.tokens_in,
+                                     r.tokens_out, r.cached_tokens, r.error)
+            records = await asyncio.gather(*(one(i) for i in range(programs)))
+            return list(records), time.monotonic() - start
+        finally:
+            await rt.close()
+            await aengine.close()
+
+    return Workload(name, programs, describe, drive, notes)

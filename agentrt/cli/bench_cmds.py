@@ -1,0 +1,214 @@
+"""Policy benchmarks: `agentrt bench workflows` and `agentrt bench replay`.
+
+Both print one table (per policy: mean / p50 / p95 JCT, programs/s and output tokens/s, recomputed
+prefill tokens, prefix hit rate, recompute over Bélády's, device-tier peak, mean JCT vs lru) with the
+targets below it, progress on stderr. `--json` prints one object instead: benchmark, model, workload,
+describe, machine, settings, working_set_tokens, kv_device_tokens, tier_fraction_of_working_set,
+longest_request_tokens, warmup_s, policies {name: {median: figures, runs: [figures per run]}},
+vs_lru_mean_jct {name: ratio}, targets [{target, policy, baseline, bound, ratio, met}], notes.
+"""
+from __future__ import annotations
+
+import enum
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from agentrt.cli.common import DEFAULT_MODEL, EngineDTypeOpt, JsonOpt, ModelOpt, bench_app, emit_json, err, out, \
+    user_errors
+
+ALL_POLICIES = "lru,continuum,kvflow,agentrt"
+
+
+class WorkloadName(str, enum.Enum):
+    research_team = "research_team"
+    coding_agent = "coding_agent"
+
+
+class TraceFormat(str, enum.Enum):
+    tracelab = "tracelab"
+    mooncake = "mooncake"
+
+
+PoliciesOpt = Annotated[str, typer.Option("--policies", "-p", help="comma-separated: lru, continuum, kvflow, agentrt")]
+RunsOpt = Annotated[int, typer.Option(min=1, help="measured runs per policy (medians reported)")]
+DeviceOpt = Annotated[int | None, typer.Option("--kv-device-tokens", min=16, help="device-tier KV capacity in tokens "
+                                                "(default: --tier-fraction of the working set)")]
+HostOpt = Annotated[int, typer.Option("--kv-host-tokens", min=0, help="host-tier KV capacity in tokens (0: none)")]
+FractionOpt = Annotated[float, typer.Option(min=0.01, max=4.0, help="default device tier as a fraction of the "
+                                                                      "working set")]
+ThreadsOpt = Annotated[int, typer.Option(min=1, help="torch CPU threads")]
+PlotOpt = Annotated[Path | None, typer.Option(help="draw a timeline per policy and a JCT bar chart to this PNG")]
+SaveOpt = Annotated[Path | None, typer.Option(help="also write the JSON object to this file")]
+WarmupOpt = Annotated[bool, typer.Option(help="an uncounted warm-up run first (for workflows it also "
+                                              "measures the working set)")]
+
+
+@bench_app.command("workflows", epilog="Examples: agentrt bench workflows --workload research_team --programs 16 · "
+                                       "agentrt bench workflows -w coding_agent --rate 0.5 --speedup 4 --json · "
+                                       "agentrt bench workflows --policies lru,agentrt --plot timeline.png")
+def bench_workflows(
+    workload: Annotated[WorkloadName, typer.Option("--workload", "-w", help="which ready-made workflow, "
+                                                                            "in its fixed shape")] = WorkloadName.research_team,
+    policies: PoliciesOpt = ALL_POLICIES,
+    programs: Annotated[int, typer.Option("--programs", "-n", min=1, help="programs per run")] = 16,
+    rate: Annotated[float, typer.Option(min=0.0, help="Poisson arrivals per second; 0: all at once")] = 0.0,
+    kv_device_tokens: DeviceOpt = None,
+    kv_host_tokens: HostOpt = 0,
+    tier_fraction: FractionOpt = 0.4,
+    runs: RunsOpt = 3,
+    model: ModelOpt = DEFAULT_MODEL,
+    output_tokens: Annotated[int | None, typer.Option(min=1, help="tokens per agent turn "
+                                                                  "(default 48 research_team, 32 coding_agent)")] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="coding_agent: loop rounds (4); research_team: "
+                                                           "review rounds (1)")] = None,
+    speedup: Annotated[float, typer.Option(min=0.001, help="divide tool pauses by this")] = 1.0,
+    seed: Annotated[int, typer.Option(min=0, help="seed of arrivals, texts and tool pauses")] = 0,
+    dtype: EngineDTypeOpt = "auto",
+    threads: ThreadsOpt = 2,
+    warmup: WarmupOpt = True,
+    as_json: JsonOpt = False,
+    plot: PlotOpt = None,
+    save: SaveOpt = None,
+) -> None:
+    """The KV policies side by side on many concurrent fixed-shape programs (same inputs, fresh engine each)."""
+    from agentrt.bench.workflow_bench import Harness, parse_policies, workflow_workload
+    with user_errors():
+        names = parse_policies(policies)
+        work = workflow_workload(workload.value, programs, rate, seed, output_tokens=output_tokens, rounds=rounds,
+                                 speedup=speedup)
+        with err.status(f"loading {model} ..."):
+            harness = Harness(model, dtype=dtype, threads=threads, seed=seed, host_tokens=kv_host_tokens)
+    settings = {"workload": workload.value, "programs": programs, "rate": rate, "output_tokens": output_tokens,
+                "rounds": rounds, "speedup": speedup, "seed": seed}
+    _run("workflows", harness, work, names, runs, kv_device_tokens, kv_host_tokens, tier_fraction, warmup,
+         settings, as_json, plot, save)
+
+
+@bench_app.command("replay", epilog="Examples: agentrt bench replay ../shared/workloads/tracelab_multi_session_large.csv "
+                                    "--limit 12 · agentrt bench replay ../shared/workloads/mooncake_format_sample.jsonl "
+                                    "--format mooncake --scale 0.125 --json")
+def bench_replay(
+    trace: Annotated[Path, typer.Argument(help="a TraceLab multi-session CSV or a Mooncake-format JSONL file")],
+    trace_format: Annotated[TraceFormat | None, typer.Option("--format", "-f", help="tracelab or mooncake "
+                                                             "(default: by suffix, .csv or .jsonl)")] = None,
+    policies: PoliciesOpt = ALL_POLICIES,
+    scale: Annotated[float, typer.Option(min=0.0001, help="token-length scale (Mooncake: block size scale) "
+                                                          "so a CPU model can run it")] = 0.125,
+    limit: Annotated[int | None, typer.Option(min=1, help="replay only the first N sessions / requests")] = None,
+    speedup: Annotated[float, typer.Option(min=0.001, help="compress arrival times and pauses X-fold")] = 1.0,
+    kv_device_tokens: DeviceOpt = None,
+    kv_host_tokens: HostOpt = 0,
+    tier_fraction: FractionOpt = 0.4,
+    runs: RunsOpt = 3,
+    model: ModelOpt = DEFAULT_MODEL,
+    seed: Annotated[int, typer.Option(min=0, help="seed of the synthetic token ids")] = 0,
+    dtype: EngineDTypeOpt = "auto",
+    threads: ThreadsOpt = 2,
+    warmup: WarmupOpt = True,
+    as_json: JsonOpt = False,
+    plot: PlotOpt = None,
+    save: SaveOpt = None,
+) -> None:
+    """Replay a TraceLab or Mooncake-format trace under each KV policy (synthetic ids, exact sharing)."""
+    from agentrt.bench.replay import load, replay_workload
+    from agentrt.bench.workflow_bench import Harness, parse_policies
+    with user_errors():
+        names = parse_policies(policies)
+        if not trace.is_file():
+            raise ValueError(f"no such trace file: {trace}")
+        fmt = trace_format.value if trace_format else {".csv": "tracelab", ".jsonl": "mooncake"}.get(trace.suffix)
+        if fmt is None:
+            raise ValueError(f"cannot tell the format of {trace.name} from its suffix; pass --format tracelab|mooncake")
+        with err.status(f"loading {model} ..."):
+            harness = Harness(model, dtype=dtype, threads=threads, host_tokens=kv_host_tokens)
+        loaded = load(trace, fmt, scale=scale, limit=limit, speedup=speedup, vocab=harness.vocab_size, seed=seed)
+        work = replay_workload(loaded, harness.block_size)
+    settings = {"trace": str(trace), "format": fmt, "scale": scale, "limit": limit, "speedup": speedup, "seed": seed}
+    _run("replay", harness, work, names, runs, kv_device_tokens, kv_host_tokens, tier_fraction, warmup,
+         settings, as_json, plot, save)
+
+
+def _run(kind: str, harness, work, names: list[str], runs: int, kv_device_tokens: int | None, kv_host_tokens: int,
+         tier_fraction: float, warmup: bool, settings: dict[str, Any], as_json: bool, plot: Path | None,
+         save: Path | None) -> None:
+    from agentrt.bench.workflow_bench import run_bench
+    with user_errors():
+        result = run_bench(harness, work, names, runs, kv_device_tokens, tier_fraction,
+                           lambda m: err.print(m, markup=False, soft_wrap=True), warmup=warmup)
+    settings = {**settings, "policies": names, "runs": runs, "kv_device_tokens": result.tier_tokens,
+                "kv_host_tokens": kv_host_tokens, "tier_fraction": tier_fraction if kv_device_tokens is None else None,
+                "block_size": harness.block_size, "dtype": harness.dtype, "threads": harness.threads, "warmup": warmup}
+    report = report_json(kind, harness.model, work.describe, result, settings)
+    if plot is not None:
+        from agentrt.bench.plot import plot_result
+        plot_result(result, plot, title=f"{kind} · {work.describe}")
+        err.print(f"[dim]wrote {plot}[/]")
+    if save:
+        save.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if as_json:
+        return emit_json(report)
+    out.print(render_table(report))
+
+
+# ------------------------------------------------------------------------------------------ report
+def report_json(kind: str, model: str, describe: str, result, settings: dict[str, Any]) -> dict[str, Any]:
+    from agentrt.bench.metrics import evaluate_targets, jct_ratio, median_figures, run_figures
+    from agentrt.bench.report import machine_info
+    per_run = {p: [run_figures(r) for r in runs] for p, runs in result.runs.items()}
+    medians = {p: median_figures(figs) for p, figs in per_run.items()}
+    target_key = "mooncake" if result.workload == "mooncake" else result.workload
+    ws = result.working_set_tokens
+    return {
+        "benchmark": kind, "model": model, "workload": result.workload, "describe": describe,
+        "machine": machine_info(settings["dtype"], settings["threads"] or 0), "settings": settings,
+        "working_set_tokens": ws or None, "kv_device_tokens": result.tier_tokens,
+        "tier_fraction_of_working_set": round(result.tier_tokens / ws, 4) if ws else None,
+        "longest_request_tokens": result.max_request_tokens or None, "warmup_s": round(result.warmup_s, 3),
+        "policies": {p: {"median": medians[p], "runs": per_run[p]} for p in result.policies},
+        "vs_lru_mean_jct": {p: _round(jct_ratio(medians, p, "lru")) for p in result.policies if p != "lru"}
+        if "lru" in medians else {},
+        "targets": evaluate_targets(target_key, medians),
+        "notes": result.notes,
+    }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def render_table(report: dict[str, Any]) -> Table:
+    s, ws = report["settings"], report["working_set_tokens"]
+    tier = report["kv_device_tokens"]
+    frac = f" = {report['tier_fraction_of_working_set']:.0%} of the working set ({ws} tok)" if ws else ""
+    title = (f"agentrt bench {report['benchmark']} · {report['describe']} · {report['model']}\n"
+             f"device tier {tier} tok{frac}" + (f" · host tier {s['kv_host_tokens']} tok" if s.get("kv_host_tokens")
+                                                 else "") + f" · median of {s['runs']} run(s)")
+    lines = [f"{p} vs lru: {r:.2f}× mean JCT" for p, r in report["vs_lru_mean_jct"].items() if r is not None]
+    for t in report["targets"]:
+        met = {True: "[green]met[/]", False: "[red]not met[/]", None: "[dim]n/a[/]"}[t["met"]]
+        value = f"{t['ratio']:.2f}×" if t["ratio"] is not None else \
+            "Bélády recomputes nothing" if t["baseline"] == "belady" else "—"
+        lines.append(f"target: {t['target']}: {value} → {met}")
+    lines += [f"[dim]{n}[/]" for n in report["notes"]]
+    lines.append("[dim]vs lru: lru's mean JCT / the policy's (> 1× is faster); × Bélády: recomputed blocks / "
+                 "Bélády MIN's on the policy's own access log (— when MIN recomputes none)[/]")
+    table = Table(title=title, caption="\n".join(lines), title_style="bold", caption_justify="left")
+    host = bool(s.get("kv_host_tokens"))
+    for name in ("policy", "mean JCT s", "p50 s", "p95 s", "prog/s", "out tok/s", "recomputed tok", "hit rate",
+                 "× Bélády", "peak blocks", *(["host loads"] if host else []), "vs lru"):
+        table.add_column(name, justify="left" if name == "policy" else "right")
+    for p, entry in report["policies"].items():
+        m = entry["median"]
+        ratio = report["vs_lru_mean_jct"].get(p)
+        failed = f" [red]({m['failed']} failed)[/]" if m["failed"] else ""
+        table.add_row(p + failed, f"{m['mean_jct_s']:.2f}", f"{m['p50_jct_s']:.2f}", f"{m['p95_jct_s']:.2f}",
+                      f"{m['programs_per_s']:.3f}", f"{m['output_tokens_per_s']:.1f}", f"{m['recomputed_tokens']:,}",
+                      f"{m['prefix_hit_rate']:.1%}", "—" if m["belady_ratio"] is None else f"{m['belady_ratio']:.2f}",
+                      f"{m['peak_blocks']} ({m['peak_fraction']:.0%})",
+                      *([f"{m['host_loaded_blocks']:,} blk"] if host else []),
+                      "—" if ratio is None else f"[{'green' if ratio >= 1 else 'red'}]{ratio:.2f}×[/]")
+    return table
