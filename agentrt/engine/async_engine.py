@@ -104,6 +104,13 @@ class AsyncLLMEngine:
             if stream.last is None or not stream.last.finished:
                 self.abort(stream.request_id)
 
+    def prefetch(self, prompt: Prompt, *, evict: bool = False) -> None:
+        """Bring the host-tier blocks of `prompt`'s prefix back to the device ahead of need (see
+        LLMEngine.prefetch); planned at the next step, copied beside its compute."""
+        self.engine.prefetch(prompt, evict=evict)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
     def abort(self, request_id: str) -> None:
         """Cancel a request; its blocks are freed before the next step."""
         if request_id in self._streams:

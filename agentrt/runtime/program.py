@@ -77,6 +77,8 @@ class Program:
         self.resources: dict[str, Any] = {}        # per-program things tools keep (e.g. a sandbox)
         self._deferred: list = []
         self._cancel_requested = False              # cancel() before the task got to run()
+        self._started = False                       # program_start emitted
+        self._entered = False                       # run() entered (a cancel can now be thrown in)
 
     def defer(self, cleanup) -> None:
         """Call `cleanup()` when the program ends, however it ends (last deferred runs first)."""
@@ -92,7 +94,7 @@ class Program:
     def cancel(self) -> bool:
         if self.task is None or self.task.done():
             return False
-        if self.status == "pending":
+        if not self._entered:
             # The task has not started yet: cancelling it now would throw into the coroutine
             # before run() is entered, so the program would end with no result and its awaiters
             # (run_many's gather among them) would get a CancelledError. run() checks this flag.
@@ -102,12 +104,14 @@ class Program:
 
     async def run(self) -> ProgramResult:
         _CURRENT.set(self)                           # this task's context: seen by its steps and tools
-        self.status = "running"
-        self.emit("program_start", workflow=self.wf.name, state=self.state)
-        error = None
+        self._entered = True
+        gate, error = self.rt.admission, None
         try:
             if self._cancel_requested:
                 raise asyncio.CancelledError()
+            if gate is not None:                     # program-level admission: wait for room
+                await gate.acquire(self.id, self.wf.name)
+            self._start()
             await self._walk(self.wf.entry, None)
             self.status = "done"
         except asyncio.CancelledError:
@@ -117,6 +121,12 @@ class Program:
         except Exception as exc:                 # a bug in the runtime: fail this program only
             self.status, error = "failed", f"internal error: {type(exc).__name__}: {exc}"
         error = self._cleanup(error)
+        if gate is not None:
+            gate.release(self.id)
+        if not self._started:                        # ended before it ever ran: still a start and an end
+            status = self.status
+            self._start()
+            self.status = status
         jct = time.monotonic() - self.submitted
         if error and self.status == "failed":
             self.emit("error", message=error)
@@ -126,6 +136,11 @@ class Program:
         return ProgramResult(self.id, self.wf.name, self.status, self.state, output, error, jct,
                              c["steps"], c["llm_calls"], c["tool_calls"], c["tokens_in"],
                              c["tokens_out"], c["cached_tokens"])
+
+    def _start(self) -> None:
+        self.status, self._started = "running", True
+        self.emit("program_start", workflow=self.wf.name, state=self.state,
+                  queued=round(time.monotonic() - self.submitted, 6))
 
     def _cleanup(self, error: str | None) -> str | None:
         while self._deferred:

@@ -33,13 +33,15 @@ class Runtime:
     `engine` is a model alias or path (loaded with `engine_config`), an LLMEngine, or an
     AsyncLLMEngine. `trace` is a JSONL path; `on_event` callables receive every Event.
     `policy` (lru, continuum, kvflow, agentrt) installs a workflow-aware KV eviction policy fed
-    by a program table (`self.table`); None leaves the engine's own (LRU).
+    by a program table (`self.table`); None leaves the engine's own (LRU). `admission` starts a
+    program only when the device tier can hold it beside the running ones, oldest first (on by
+    default with the agentrt policy).
     One failing program never stops the others; `cancel()` stops one and frees its KV blocks.
     """
 
     def __init__(self, engine: str | LLMEngine | AsyncLLMEngine = "smollm2-135m", *,
                  trace: str | Path | None = None, on_event: Iterable[EventSink] = (),
-                 policy: str | None = None, **engine_config: Any):
+                 policy: str | None = None, admission: bool | None = None, **engine_config: Any):
         if engine_config and not isinstance(engine, str):
             raise TypeError("engine_config applies only when the engine is given as a model name")
         # The runtime closes only the engine it made: a given async engine (or any object with its
@@ -58,9 +60,22 @@ class Runtime:
         self.programs: dict[str, Program] = {}            # running or pending
         self._ids = itertools.count()
         self.table = self._install_policy(policy) if policy is not None else None
+        self.admission = None
+        if admission or (admission is None and policy == "agentrt"):
+            self.admission = self._install_admission()
+
+    def _install_admission(self):
+        from agentrt.sched.admission import AdmissionGate
+        pool = getattr(getattr(self.engine, "engine", None), "pool", None)
+        if pool is None:
+            raise TypeError("program admission needs an agentrt engine (LLMEngine or AsyncLLMEngine)")
+        gate = AdmissionGate(pool.num_blocks * pool.block_size)
+        self.sinks.append(gate)
+        return gate
 
     def _install_policy(self, name: str):
-        from agentrt.sched.policies import PROGRAM_ORDERED, make_policy
+        from agentrt.sched.policies import PREFETCHING, PROGRAM_ORDERED, make_policy, worth_swapping
+        from agentrt.sched.prefetch import NextAgentPrefetcher
         from agentrt.sched.program_table import ProgramTable
         pool = getattr(getattr(self.engine, "engine", None), "pool", None)
         if pool is None:
@@ -68,6 +83,10 @@ class Runtime:
         table = ProgramTable().attach(self)
         eviction, sinks = make_policy(name, table)
         pool.set_policy(eviction)
+        if name == "agentrt":
+            pool.swap_filter = worth_swapping(table)
+        if name in PREFETCHING:
+            self.sinks.append(NextAgentPrefetcher(self, timed=name == "agentrt", predictor=table.predictor))
         scheduler = self.engine.engine.scheduler
         order = "program" if name in PROGRAM_ORDERED else "request"
         scheduler.config = dataclasses.replace(scheduler.config, order=order)

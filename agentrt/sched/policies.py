@@ -23,6 +23,7 @@ from agentrt.sched.program_table import INF, ProgramTable
 
 POLICIES = ("lru", "continuum", "kvflow", "agentrt")
 PROGRAM_ORDERED = ("continuum", "agentrt")        # admit by program arrival, not request arrival
+PREFETCHING = ("kvflow", "agentrt")               # bring the next agents' prefixes back ahead of need
 
 
 class RankedPolicy(EvictionPolicy):
@@ -120,6 +121,15 @@ class TTLPinner:
         ttl = self.table.predictor.pin_time(event.data["tool"], cost, p_continue=p_continue)
         if ttl > 0 and math.isfinite(ttl):
             self.table.pin(event.program, self.table.clock() + ttl)
+
+
+def worth_swapping(table: ProgramTable):
+    """agentrt's swap filter: copy a victim to the host tier only if a live program will read it
+    (a copy is far cheaper than recompute on every machine we run on, but host space is not
+    free); blocks whose readers have all finished are dropped."""
+    def decide(block: Block) -> bool:
+        return any(table.distance(pid, agent) != INF for pid, agent in block.readers)
+    return decide
 
 
 def make_policy(name: str, table: ProgramTable) -> tuple[EvictionPolicy, list]:

@@ -1,0 +1,95 @@
+"""Program-level admission: a program starts only when the device tier can hold it."""
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from agentrt import EngineConfig, LLMEngine, Runtime
+from agentrt.runtime import Event
+from agentrt.sched.admission import AdmissionGate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflows"))
+import coding_agent  # noqa: E402
+
+sys.path.pop(0)
+
+
+def llm_end(pid: str, tokens_in: int, cached: int, out: int) -> Event:
+    return Event(0.0, pid, "llm_end", {"tokens_in": tokens_in, "cached_tokens": cached, "tokens_out": out})
+
+
+def test_gate_admits_what_fits_oldest_first_and_learns_footprints():
+    async def main():
+        gate = AdmissionGate(1000, headroom=1.0, first_guess=0.3)       # a new workflow: 300 tokens
+        order = []
+
+        async def program(pid):
+            await gate.acquire(pid, "wf")
+            order.append(pid)
+
+        await gate.acquire("a", "wf")
+        await gate.acquire("b", "wf")
+        await gate.acquire("c", "wf")                                   # 900 of 1000
+        waiting = [asyncio.ensure_future(program(p)) for p in ("d", "e")]
+        await asyncio.sleep(0.01)
+        assert order == [] and gate.waited == 2
+        gate(llm_end("a", 500, 100, 100))                               # a grows to 500: estimate follows
+        assert gate.estimate("wf") == 500
+        gate.release("a")                                               # a ends: its 500 is the estimate
+        await asyncio.sleep(0.01)
+        assert order == [] and gate.finished["wf"] == [500]             # 300 + 300 + 500 > 1000: d waits
+        gate(llm_end("b", 500, 100, 100))
+        gate.release("b")                                               # c (500) + d (500) fit, e does not
+        await asyncio.sleep(0.01)
+        assert order == ["d"]                                           # the oldest waiter first
+        gate(llm_end("c", 500, 100, 100))
+        gate.release("c")
+        await asyncio.sleep(0.01)
+        assert order == ["d", "e"]
+        await asyncio.gather(*waiting)
+    asyncio.run(main())
+
+
+def test_a_lone_program_is_always_admitted():
+    async def main():
+        gate = AdmissionGate(10)
+        await gate.acquire("big", "wf")
+        assert gate.active == {"big": "wf"}
+    asyncio.run(main())
+
+
+def run_sessions(loaded, n: int, *, cancel_one: bool = False):
+    engine = LLMEngine(loaded, EngineConfig(device="cpu", dtype="float32", kv_cache_tokens=1024))
+    wf = coding_agent.build(fixed_shape=True, rounds=2, output_tokens=8, tool_seconds=0.05)
+    events = []
+
+    async def main():
+        async with Runtime(engine, policy="agentrt", on_event=[events.append]) as rt:
+            programs = [rt.submit(wf, {"task": f"task {i}: " + "abc " * 20}) for i in range(n)]
+            if cancel_one:
+                await asyncio.sleep(0.02)
+                assert rt.cancel(programs[-1].id)
+            return [await p.result() for p in programs], rt.admission
+    results, gate = asyncio.run(main())
+    return engine, results, gate, events
+
+
+def test_agentrt_runtime_queues_programs_that_do_not_fit(tiny_loaded, check_blocks):
+    engine, results, gate, events = run_sessions(tiny_loaded, 8)
+    assert all(r.status == "done" for r in results)
+    assert gate.waited > 0 and not gate.active
+    starts = [e for e in events if e.event == "program_start"]
+    assert len(starts) == 8 and max(e.data["queued"] for e in starts) > 0
+    queued = {e.program: e.data["queued"] for e in starts}
+    assert all(r.jct >= queued[r.program_id] for r in results)           # JCT counts the wait
+    check_blocks(engine)
+
+
+def test_cancelling_a_program_waiting_for_admission(tiny_loaded, check_blocks):
+    engine, results, gate, events = run_sessions(tiny_loaded, 8, cancel_one=True)
+    assert [r.status for r in results] == ["done"] * 7 + ["cancelled"]
+    last = results[-1].program_id
+    assert [e.event for e in events if e.program == last] == ["program_start", "program_end"]
+    assert not gate.active
+    check_blocks(engine)
