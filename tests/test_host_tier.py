@@ -313,6 +313,44 @@ def test_a_demand_load_does_not_wait_for_a_prefetch_of_the_same_blocks(make_engi
     check_blocks(engine)
 
 
+def test_a_prefetch_holds_the_whole_device_prefix_under_its_blocks(make_engine, rand_prompts, check_blocks):
+    """A prefetch whose chain starts with device-cached blocks (a0, a1 here; a2 is on the host)
+    holds all of them while its copy is in flight, as a request would: holding only a1 left a0
+    counted reclaimable (num_free too high) though it was no evictable leaf, and a child held by
+    more references than its parent; the next allocation of every 'free' block then found no
+    leaf to evict (IndexError in the policy)."""
+    a, b, c = rand_prompts([56, 20, 6], seed=9)
+    engine = make_engine(kv_cache_tokens=64, host_kv_tokens=1024)           # 4 device blocks
+    roomy = make_engine(kv_cache_tokens=2048)
+    first = engine.generate(a, GREEDY)[0]
+    roomy.generate(a, GREEDY)
+    engine.generate(b, GREEDY)                                               # a2 goes to the host; a0, a1 stay
+    roomy.generate(b, GREEDY)
+    assert engine.stats()["swapped_out_blocks"] == 1 and len(engine.pool.cached) == 3
+    release, copy = threading.Event(), engine.prefetcher.worker._copy
+    engine.prefetcher.worker._copy = lambda plan: (release.wait(10), copy(plan))    # a slow host link
+    engine.prefetch(a, evict=True)                                           # planned at the next step
+    rid = engine.add_request(a[:32] + c, GREEDY)                             # reads a0, a1 meanwhile
+    outs = {}
+    for _ in range(40):
+        outs.update({o.request_id: o for o in engine.step() if o.finished})
+        engine.pool.check_invariants()
+        if rid in outs:
+            break
+    assert engine.prefetcher.inflight and engine.stats()["prefetched_blocks"] == 0
+    held = engine.pool.allocate(engine.pool.num_free)                        # every block it says it can give
+    engine.pool.free(held)
+    engine.pool.check_invariants()
+    release.set()
+    engine.sync_prefetches()
+    engine.pool.check_invariants()
+    cont = a + first.token_ids + [7] * 8
+    got, want = engine.generate(cont, GREEDY)[0], roomy.generate(cont, GREEDY)[0]
+    assert engine.stats()["prefetched_blocks"] == 1 and got.num_cached_tokens == 48
+    assert all(torch.equal(x, y) for x, y in zip(got.logits, want.logits))
+    check_blocks(engine)
+
+
 def test_prefetch_asked_from_another_thread_runs_beside_the_steps(make_engine, rand_prompts, drain, check_blocks):
     prompts = rand_prompts([40, 40, 40, 40, 40, 40], seed=5)
     engine = make_engine(kv_cache_tokens=160, host_kv_tokens=2048)

@@ -22,7 +22,8 @@ app = typer.Typer(name="agentrt", no_args_is_help=True, add_completion=False, ri
                   epilog="Examples: agentrt run workflows/research_team.py · agentrt graph workflows/map_reduce.py "
                          "· agentrt generate 'What is the capital of France?'")
 bench_app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
-                        help="Benchmarks: the engine against transformers and llama.cpp.",
+                        help="Benchmarks: the engine against transformers and llama.cpp; the KV policies "
+                             "on workflows and trace replays.",
                         epilog="Example: agentrt bench engine --cases decode1,prefill512")
 app.add_typer(bench_app, name="bench")
 
