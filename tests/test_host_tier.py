@@ -319,14 +319,14 @@ def test_a_prefetch_holds_the_whole_device_prefix_under_its_blocks(make_engine, 
     counted reclaimable (num_free too high) though it was no evictable leaf, and a child held by
     more references than its parent; the next allocation of every 'free' block then found no
     leaf to evict (IndexError in the policy)."""
-    a, b, c = rand_prompts([56, 20, 6], seed=9)
-    engine = make_engine(kv_cache_tokens=64, host_kv_tokens=1024)           # 4 device blocks
+    a, b, c = rand_prompts([56, 56, 6], seed=9)
+    engine = make_engine(kv_cache_tokens=96, host_kv_tokens=1024)           # 6 device blocks
     roomy = make_engine(kv_cache_tokens=2048)
     first = engine.generate(a, GREEDY)[0]
     roomy.generate(a, GREEDY)
     engine.generate(b, GREEDY)                                               # a2 goes to the host; a0, a1 stay
     roomy.generate(b, GREEDY)
-    assert engine.stats()["swapped_out_blocks"] == 1 and len(engine.pool.cached) == 3
+    assert engine.stats()["swapped_out_blocks"] == 1 and len(engine.pool.cached) == 5
     release, copy = threading.Event(), engine.prefetcher.worker._copy
     engine.prefetcher.worker._copy = lambda plan: (release.wait(10), copy(plan))    # a slow host link
     engine.prefetch(a, evict=True)                                           # planned at the next step

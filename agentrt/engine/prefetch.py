@@ -3,9 +3,12 @@
 The engine thread plans (which host entries, which device blocks) under the pool's control; a
 worker thread only copies. Until the copy is done the device blocks are held by the plan and are
 not in the prefix cache, so nothing reads or evicts them; the host entries are pinned so no
-swap-out reuses their slots; the device block under the chain (the parent) is held so the chain
-stays whole. At the next step the engine registers finished plans: the blocks join the prefix
-cache as unreferenced (evictable) blocks, exactly as if a request had computed and left them.
+swap-out reuses their slots; the device-cached blocks under the chain (the parent and all its
+ancestors, as a request would hold them) are held so the chain stays whole (the parent alone
+is not enough: its unheld ancestors would count as reclaimable in `num_free`, yet none of them
+can become an evictable leaf while the parent is held). At the next step the engine registers
+finished plans: the blocks join the prefix cache as unreferenced (evictable) blocks, exactly as
+if a request had computed and left them.
 
 Demand loads never wait for the worker: they run on the engine thread before the step's
 compute. A request that needs a block still in flight loads its own copy; the prefetched one is
@@ -26,14 +29,18 @@ from agentrt.engine.runner import ModelRunner, load
 
 
 class PrefetchPlan:
-    __slots__ = ("parent", "blocks", "entries", "done", "error")
+    __slots__ = ("prefix", "blocks", "entries", "done", "error")
 
-    def __init__(self, parent: Block | None, blocks: list[Block], entries: list[HostEntry]):
-        self.parent = parent
+    def __init__(self, prefix: list[Block], blocks: list[Block], entries: list[HostEntry]):
+        self.prefix = prefix                      # the device-cached chain under the blocks, held
         self.blocks = blocks
         self.entries = entries
         self.done = threading.Event()
         self.error: BaseException | None = None
+
+    @property
+    def parent(self) -> Block | None:
+        return self.prefix[-1] if self.prefix else None
 
     def hashes(self) -> list[int]:
         return [e.block_hash for e in self.entries]
@@ -47,26 +54,26 @@ def plan_prefetch(pool: BlockPool, hashes: Sequence[int], tokens: Sequence[tuple
     host = pool.host
     if host is None:
         return None
-    k = 0
-    while k < len(hashes) and (b := pool.cached.get(hashes[k])) is not None and b.token_ids == tokens[k]:
-        k += 1
-    parent = pool.cached[hashes[k - 1]] if k else None
-    if parent is not None:
-        pool.touch([parent])                      # before counting room: it may have been evictable
-    room = pool.num_free if evict else len(pool.free_queue)
+    prefix: list[Block] = []
+    while len(prefix) < len(hashes) and (b := pool.cached.get(hashes[len(prefix)])) is not None \
+            and b.token_ids == tokens[len(prefix)]:
+        prefix.append(b)
+    k = len(prefix)
+    room = len(pool.free_queue)
+    if evict:                                     # the prefix will be held: its unheld blocks are no room
+        room = pool.num_free - sum(1 for b in prefix if b.ref_count == 0)
     entries = host.match(hashes[k:], tokens[k:], hashes[k - 1] if k else None, room)
     for i, entry in enumerate(entries):
         if entry.block_hash in busy:
             entries = entries[:i]
             break
     if not entries:
-        if parent is not None:
-            pool.free([parent])
         return None
+    pool.touch(prefix)                            # all of it, as a request holds its whole chain
     for entry in entries:
         host.pin(entry, pool.clock)
     pool.prefetch_pins += len(entries)
-    return PrefetchPlan(parent, pool.allocate(len(entries)), entries)
+    return PrefetchPlan(prefix, pool.allocate(len(entries)), entries)
 
 
 def finish_prefetch(pool: BlockPool, plan: PrefetchPlan) -> int:
@@ -81,7 +88,7 @@ def finish_prefetch(pool: BlockPool, plan: PrefetchPlan) -> int:
         pool.host.unpin(entry)
     pool.prefetch_pins -= len(plan.entries)
     pool.stats_prefetched_blocks += registered
-    pool.free(([plan.parent] if plan.parent is not None else []) + plan.blocks)
+    pool.free(plan.prefix + plan.blocks)
     return registered
 
 
