@@ -19,6 +19,14 @@ def llm_end(pid: str, tokens_in: int, cached: int, out: int) -> Event:
     return Event(0.0, pid, "llm_end", {"tokens_in": tokens_in, "cached_tokens": cached, "tokens_out": out})
 
 
+def turn(gate, pid: str, context: int, width: int = 1) -> None:
+    """`width` concurrent turns of `pid`, each with a context of `context` tokens."""
+    for _ in range(width):
+        gate(Event(0.0, pid, "llm_start", {}))
+    for _ in range(width):
+        gate(llm_end(pid, context - 100, 0, 100))
+
+
 def test_gate_admits_what_fits_oldest_first_and_learns_footprints():
     async def main():
         gate = AdmissionGate(1000, headroom=1.0, first_guess=0.3)       # a new workflow: 300 tokens
@@ -34,16 +42,16 @@ def test_gate_admits_what_fits_oldest_first_and_learns_footprints():
         waiting = [asyncio.ensure_future(program(p)) for p in ("d", "e")]
         await asyncio.sleep(0.01)
         assert order == [] and gate.waited == 2
-        gate(llm_end("a", 500, 100, 100))                               # a grows to 500: estimate follows
+        turn(gate, "a", 250, width=2)                                   # 2 branches x 250: footprint 500
         assert gate.estimate("wf") == 500
         gate.release("a")                                               # a ends: its 500 is the estimate
         await asyncio.sleep(0.01)
         assert order == [] and gate.finished["wf"] == [500]             # 300 + 300 + 500 > 1000: d waits
-        gate(llm_end("b", 500, 100, 100))
+        turn(gate, "b", 500)
         gate.release("b")                                               # c (500) + d (500) fit, e does not
         await asyncio.sleep(0.01)
         assert order == ["d"]                                           # the oldest waiter first
-        gate(llm_end("c", 500, 100, 100))
+        turn(gate, "c", 500)
         gate.release("c")
         await asyncio.sleep(0.01)
         assert order == ["d", "e"]

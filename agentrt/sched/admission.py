@@ -3,9 +3,9 @@ the programs already running, oldest first. Under overload, admitting everyone s
 engine and the cache among all programs, so every program finishes late and contexts evict
 each other; admitting what fits finishes programs in waves, each with its cache intact.
 
-A program's footprint is the KV it creates: the prompt tokens it computes (not served from the
-cache) plus the tokens it generates, summed over its agent turns. Before any program of a
-workflow has finished, the largest footprint seen so far among running ones stands in.
+A program's footprint is the KV it keeps live at its peak: its largest agent context (prompt plus
+output of one turn) times the most turns it had in flight at once (fan-out branches). Before any
+program of a workflow has finished, the largest footprint seen so far among running ones stands in.
 """
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ from collections import defaultdict
 
 
 class AdmissionGate:
-    def __init__(self, capacity_tokens: int, *, headroom: float = 0.9, first_guess: float = 0.25):
+    def __init__(self, capacity_tokens: int, *, headroom: float = 1.0, first_guess: float = 0.2):
         self.capacity = capacity_tokens * headroom
         self.first_guess = capacity_tokens * first_guess   # a workflow never seen: a quarter of the tier
         self.active: dict[str, str] = {}                  # program -> workflow
         self.footprint: dict[str, float] = defaultdict(float)
+        self._in_flight: dict[str, int] = defaultdict(int)
+        self._widest: dict[str, int] = defaultdict(int)      # most turns in flight at once
+        self._longest: dict[str, int] = defaultdict(int)     # largest context of one turn
         self.finished: dict[str, list[float]] = defaultdict(list)   # workflow -> footprints of ended programs
         self._changed: asyncio.Event | None = None
         self.waited = 0                                   # programs that had to wait (for reports)
@@ -51,11 +54,21 @@ class AdmissionGate:
         workflow = self.active.pop(program_id, None)
         if workflow is not None:
             self.finished[workflow].append(self.footprint.pop(program_id, 0.0))
+        for table in (self._in_flight, self._widest, self._longest):
+            table.pop(program_id, None)
         if self._changed is not None:
             self._changed.set()
 
     def __call__(self, event) -> None:
-        """Event sink: grow a program's footprint as its turns end."""
-        if event.event == "llm_end" and event.program in self.active:
+        """Event sink: track each active program's widest fan-out and longest context."""
+        pid = event.program
+        if pid not in self.active:
+            return
+        if event.event == "llm_start":
+            self._in_flight[pid] += 1
+            self._widest[pid] = max(self._widest[pid], self._in_flight[pid])
+        elif event.event == "llm_end":
+            self._in_flight[pid] -= 1
             d = event.data
-            self.footprint[event.program] += d["tokens_in"] - d["cached_tokens"] + d["tokens_out"]
+            self._longest[pid] = max(self._longest[pid], d["tokens_in"] + d["tokens_out"])
+            self.footprint[pid] = float(self._longest[pid] * self._widest[pid])
