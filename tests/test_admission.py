@@ -73,7 +73,7 @@ def run_sessions(loaded, n: int, *, cancel_one: bool = False):
     events = []
 
     async def main():
-        async with Runtime(engine, policy="agentrt", on_event=[events.append]) as rt:
+        async with Runtime(engine, policy="agentrt", admission=True, on_event=[events.append]) as rt:
             programs = [rt.submit(wf, {"task": f"task {i}: " + "abc " * 20}) for i in range(n)]
             if cancel_one:
                 await asyncio.sleep(0.02)

@@ -41,7 +41,7 @@ class Runtime:
 
     def __init__(self, engine: str | LLMEngine | AsyncLLMEngine = "smollm2-135m", *,
                  trace: str | Path | None = None, on_event: Iterable[EventSink] = (),
-                 policy: str | None = None, admission: bool | None = None, **engine_config: Any):
+                 policy: str | None = None, admission: bool = False, **engine_config: Any):
         if engine_config and not isinstance(engine, str):
             raise TypeError("engine_config applies only when the engine is given as a model name")
         # The runtime closes only the engine it made: a given async engine (or any object with its
@@ -61,7 +61,7 @@ class Runtime:
         self._ids = itertools.count()
         self.table = self._install_policy(policy) if policy is not None else None
         self.admission = None
-        if admission or (admission is None and policy == "agentrt"):
+        if admission:
             self.admission = self._install_admission()
 
     def _install_admission(self):
