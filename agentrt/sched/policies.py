@@ -13,6 +13,7 @@ reader. Only leaves are offered, so eviction is leaf-first. Ties go to the least
 """
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections.abc import Iterator
@@ -27,18 +28,28 @@ PREFETCHING = ("kvflow", "agentrt")               # bring the next agents' prefi
 
 
 class RankedPolicy(EvictionPolicy):
-    """Evictable leaves in a dict; `pop` takes the one with the smallest `rank` right now (ranks
-    move as programs advance, so they are computed at eviction time, per reader once per pop)."""
+    """Evictable leaves in a dict; `pop` takes the one with the smallest `rank`. Ranks move as
+    programs advance, so they are computed at eviction time: once for every leaf into a heap that
+    serves the evictions of the next `REFRESH_SECONDS` (one `allocate(k)` of a step) as long as
+    the program table has not changed, with leaves added meanwhile ranked as they come."""
+
+    REFRESH_SECONDS = 0.005
 
     def __init__(self, table: ProgramTable, clock=time.monotonic):
         self.table, self.clock = table, clock
         self._leaves: dict[int, Block] = {}
+        self._heap: list[tuple[float, int, int, Block]] = []
+        self._built_at = self._valid_until = -math.inf
+        self._built_version = -1
+        self._memo: dict = {}
 
     def add(self, block: Block) -> None:
         self._leaves[block.block_id] = block
+        if self._fresh(self.clock()):
+            heapq.heappush(self._heap, self._entry(block, self._built_at))
 
     def remove(self, block: Block) -> None:
-        del self._leaves[block.block_id]
+        del self._leaves[block.block_id]          # its heap entry goes stale, skipped by pop
 
     def blocks(self) -> Iterator[Block]:
         return iter(list(self._leaves.values()))
@@ -46,13 +57,34 @@ class RankedPolicy(EvictionPolicy):
     def __len__(self) -> int:
         return len(self._leaves)
 
+    def _fresh(self, now: float) -> bool:
+        """The heap's ranks still hold: built moments ago, no program has moved since, and no
+        rank has expired (a pin's TTL)."""
+        return now < self._valid_until and self._built_version == self.table.version
+
+    def expiry(self, now: float) -> float:
+        """When ranks computed at `now` stop holding by themselves (beyond the refresh window)."""
+        return math.inf
+
+    def _entry(self, block: Block, now: float) -> tuple[float, int, int, Block]:
+        return (self.rank(block, now, self._memo), block.last_access, block.block_id, block)
+
     def pop(self) -> Block:
         if not self._leaves:
             raise IndexError("no evictable block")
-        now, memo = self.clock(), {}
-        victim = min(self._leaves.values(), key=lambda b: (self.rank(b, now, memo), b.last_access, b.block_id))
-        del self._leaves[victim.block_id]
-        return victim
+        now = self.clock()
+        if not self._fresh(now):
+            self._built_at, self._built_version, self._memo = now, self.table.version, {}
+            self._valid_until = min(now + self.REFRESH_SECONDS, self.expiry(now))
+            self._heap = [self._entry(b, now) for b in self._leaves.values()]
+            heapq.heapify(self._heap)
+        while self._heap:
+            _, access, block_id, block = heapq.heappop(self._heap)
+            if self._leaves.get(block_id) is block and block.last_access == access:
+                del self._leaves[block_id]
+                return block
+        self._valid_until = -math.inf              # every entry was stale: rank afresh
+        return self.pop()
 
     def rank(self, block: Block, now: float, memo: dict) -> float:
         """Smaller is evicted first."""
@@ -66,6 +98,10 @@ class ContinuumPolicy(RankedPolicy):
 
     def rank(self, block: Block, now: float, memo: dict) -> float:
         return 1.0 if any(self._pinned(pid, now, memo) for pid, _ in block.readers) else 0.0
+
+    def expiry(self, now: float) -> float:
+        pins = [e.pin_until for e in list(self.table.entries.values()) if e.pin_until and e.pin_until > now]
+        return min(pins, default=math.inf)
 
     def _pinned(self, pid: str, now: float, memo: dict) -> bool:
         if pid not in memo:

@@ -35,13 +35,22 @@ class _Live:
     program: Any = None                          # for its loop counts (bounded loops used up)
 
 
+class _Entries(dict):
+    """Program entries with a version bumped on every write (cached rankings check it)."""
+    version = 0
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.version += 1
+
+
 class ProgramTable:
     """An event sink for the Runtime; `attach(runtime)` subscribes it."""
 
     def __init__(self, predictor: ToolPausePredictor | None = None, clock=time.monotonic):
         self.predictor = predictor or ToolPausePredictor()
         self.clock = clock
-        self.entries: dict[str, ProgramEntry] = {}
+        self.entries: dict[str, ProgramEntry] = _Entries()
         self._live: dict[str, _Live] = {}
         self._runtime = None
         self.step_seconds = 1.0                  # running mean of an agent turn's duration
@@ -151,6 +160,10 @@ class ProgramTable:
 
     def pin(self, pid: str, until: float) -> None:
         self._update(pid, pin_until=until)
+
+    @property
+    def version(self) -> int:
+        return self.entries.version
 
     # ------------------------------------------------------------------ queries
     def distance(self, pid: str, agent: str) -> float:
