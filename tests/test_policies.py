@@ -496,6 +496,22 @@ def test_program_order_does_not_overtake_a_preempted_request():
 
 
 @pytest.mark.parametrize("order", ["program", "request"])
+def test_program_order_gives_older_programs_the_step_budget_first(order):
+    """Running prefills share the token budget: under program order the older program's chunk is
+    served first (and the newest program's request is the one preempted)."""
+    s = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=40, order=order), BlockPool(64, 4))
+    young = req("Y/1", 5.0, arrival=1.0, n=30)
+    s.add(young)
+    s.schedule()                                   # Y is running (its prefill uncommitted: it asks again)
+    old = req("O/1", 1.0, arrival=2.0, n=60)
+    old.prompt_token_ids = list(range(100, 160))   # no prefix shared with Y (which would make it wait)
+    s.add(old)
+    s.schedule()                                   # O is admitted with the budget left
+    assert [r.request_id for r in s.running] == (["O/1", "Y/1"] if order == "program" else ["Y/1", "O/1"])
+    assert s.running[-1].meta.program_id == ("Y" if order == "program" else "O")   # the one preempted first
+
+
+@pytest.mark.parametrize("order", ["program", "request"])
 def test_program_order_on_the_engine(order, make_engine, drain):
     engine = make_engine(kv_cache_tokens=256, schedule_order=order, max_num_seqs=1)
     params = SamplingParams(max_tokens=2, ignore_eos=True)

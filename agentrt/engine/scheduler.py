@@ -10,6 +10,7 @@ blocks are loaded back (copied before the step's compute) and count as cached, n
 """
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -102,12 +103,21 @@ class Scheduler:
                 break
             self.waiting.popleft()
             req.status = RequestStatus.RUNNING
-            self.running.append(req)
+            self._run(req)
             chosen.append((req, n))
             inflight |= self._inflight_hashes(chosen[-1:])
             budget -= n
         chosen.sort(key=lambda rn: rn[1] != 1)   # decodes first (stable)
         return ScheduledBatch([r for r, _ in chosen], [n for _, n in chosen], preempted)
+
+    def _run(self, req: Request) -> None:
+        """Join the running set: at the end, or (program order) after every request of an older
+        or equally old program, so older programs' chunks get the step's token budget first and
+        the newest program's request is the one preempted."""
+        if self.config.order != "program":
+            self.running.append(req)
+        else:
+            bisect.insort_right(self.running, req, key=program_arrival)
 
     def _match_prefix(self, req: Request) -> None:
         if req.block_table:
