@@ -25,8 +25,8 @@ FIGURE_KEYS = {"mean_jct_s", "p50_jct_s", "p95_jct_s", "programs_per_s", "output
 def workload_file(name: str):
     folder = workloads_dir()
     if folder is None or not (folder / name).is_file():
-        pytest.skip(f"{name} not found: the shared workloads folder (../shared/workloads or $AGENTRT_WORKLOADS) "
-                    "is absent on this machine")
+        pytest.skip(reason="the shared workloads folder (../shared/workloads or $AGENTRT_WORKLOADS) is absent "
+                           "here, so there is no trace file to replay")
     return folder / name
 
 
@@ -130,7 +130,7 @@ def test_replay_feeds_the_program_table():
     trace_path = workload_file(TRACELAB_FILE)
     harness = Harness("tiny-random-llama", threads=1)
     trace = load(trace_path, "tracelab", scale=0.05, limit=2, speedup=20, vocab=harness.vocab_size)
-    engine = harness.engine("agentrt", 2048)
+    engine = harness.engine(2048)
     probe = Probe(engine)
     records, wall = asyncio.run(replay_workload(trace, harness.block_size).drive(engine, "agentrt", probe))
     assert [r.status for r in records] == ["done", "done"] and wall > 0
@@ -139,6 +139,21 @@ def test_replay_feeds_the_program_table():
     kinds = {item[0] for item in probe.finish()}
     assert {"llm", "tool"} <= kinds
     assert sum(r.llm_calls for r in records) == trace.num_requests()
+
+
+def test_a_replayed_pause_prefetches_the_next_rounds_prompt():
+    """During a replayed tool pause, kvflow/agentrt's prefetcher finds the next round's prompt."""
+    from agentrt.bench.replay import _NextPrompt, _Replayed, shape_workflow
+    from agentrt.runtime import Event
+    from agentrt.sched.prefetch import NextAgentPrefetcher
+
+    asked = []
+    engine = type("E", (), {"prefetch": lambda self, ids, evict: asked.append(ids)})()
+    program = _Replayed("s0", shape_workflow(2), 0.0)
+    program.conversations["agent", ""] = _NextPrompt([5, 6, 7])
+    runtime = type("R", (), {"programs": {"s0": program}, "engine": engine, "tokenizer": None})()
+    NextAgentPrefetcher(runtime)(Event(0.0, "s0", "tool_start", {"step": "wait0", "tool": "tool_wait"}))
+    assert asked == [[5, 6, 7]]
 
 
 # ------------------------------------------------------------------------------------------ figures

@@ -13,7 +13,6 @@ Conventions:
 """
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections import defaultdict, deque
@@ -23,6 +22,7 @@ from typing import Any, NamedTuple
 
 from agentrt.bench.belady import belady
 from agentrt.engine.eviction import EvictionPolicy
+from agentrt.runtime.events import quantile
 
 
 class ProgramRecord(NamedTuple):
@@ -57,16 +57,6 @@ class RunRecord:
     accesses: int = 0
     loaded_blocks: int = 0        # brought back from the host tier (when the engine has one)
     timeline: list[tuple] = field(default_factory=list, repr=False)   # for plots: (kind, program, t0, t1, n)
-
-
-def quantile(values: Iterable[float], q: float) -> float:
-    """Linear-interpolated quantile (0 <= q <= 1); 0.0 for no values."""
-    xs = sorted(values)
-    if not xs:
-        return 0.0
-    pos = (len(xs) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def belady_recomputes(access_log: Sequence[Hashable], capacity_blocks: int) -> tuple[int, int]:

@@ -72,11 +72,25 @@ def shape_workflow(rounds: int):
 
 
 class _Replayed:
-    """What the program table reads of a Program: its workflow and submission time."""
-    __slots__ = ("id", "wf", "submitted")
+    """What the policies read of a Program: its workflow, submission time, and conversations
+    (here the next round's prompt, which is what a prefetch during the pause should bring back)."""
+    __slots__ = ("id", "wf", "submitted", "conversations")
 
     def __init__(self, pid: str, wf, submitted: float):
         self.id, self.wf, self.submitted = pid, wf, submitted
+        self.conversations: dict = {}
+
+
+class _NextPrompt:
+    """A conversation whose prompt is known token for token (the trace's next round)."""
+    __slots__ = ("ids",)
+    messages = (None,)
+
+    def __init__(self, ids: list[int]):
+        self.ids = ids
+
+    def prompt_ids(self, tokenizer) -> list[int]:
+        return self.ids
 
 
 def load(path: str | Path, fmt: str, *, scale: float, limit: int | None, speedup: float, vocab: int,
@@ -182,6 +196,8 @@ async def _run_program(rt: Runtime, aengine: AsyncLLMEngine, probe: Probe, prog,
             if i == len(prog.rounds) - 1:
                 break
             step, t = f"wait{i}", time.monotonic()
+            if structured:
+                rt.programs[pid].conversations[AGENT, ""] = _NextPrompt(prog.rounds[i + 1].prompt_tokens)
             emit("step_start", step=step, kind="tool", agent=None, tool=TOOL, lane=None)
             emit("tool_start", step=step, tool=TOOL, expected_duration=None, arguments={"seconds": r.pause_after_s})
             await asyncio.sleep(r.pause_after_s)

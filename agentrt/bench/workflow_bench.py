@@ -2,8 +2,8 @@
 
 Method:
 * The model is loaded once; every (run, policy) gets a FRESH engine on those weights with the
-  device tier at `kv_tokens` (`schedule_order="program"` for continuum and agentrt, "request"
-  otherwise), so no policy inherits another's cache. Runs interleave the policies (run 1: every
+  device tier at `kv_tokens` (the policy's Runtime sets program or request order), so no policy
+  inherits another's cache. Runs interleave the policies (run 1: every
   policy, then run 2, ..., each run starting one policy later in the list) so that load from
   elsewhere on the machine and warm-up effects hit them alike; figures are medians over runs.
 * A warm-up run comes first (lru, tier `WARMUP_TIER_TOKENS` or the chosen tier if larger), never
@@ -38,7 +38,6 @@ from agentrt.runtime import Runtime
 from agentrt.sched.policies import POLICIES
 
 WORKLOADS = ("research_team", "coding_agent")
-PROGRAM_ORDER = ("continuum", "agentrt")          # policies that schedule whole programs
 WARMUP_TIER_TOKENS = 16384
 TOOL_LATENCY_FILE = "tracelab_claude_session_rounds.jsonl"
 WORDS = ("amber river lattice copper glacier orbit meadow cipher harbor falcon quartz ember tundra "
@@ -95,23 +94,21 @@ class Harness:
     def __init__(self, model: str, *, dtype: str = "auto", threads: int | None = None, block_size: int = 16,
                  seed: int = 0, host_tokens: int = 0):
         self.model, self.dtype, self.threads, self.block_size = model, dtype, threads, block_size
-        self.extra = {"host_kv_tokens": host_tokens} if host_tokens else {}
-        if host_tokens and "host_kv_tokens" not in EngineConfig.model_fields:
-            raise ValueError("this engine has no host tier (EngineConfig.host_kv_tokens); leave --kv-host-tokens at 0")
+        self.host_tokens = host_tokens
         self.loaded: LoadedModel = load_model(model, seed=seed) if model == "tiny-random-llama" else load_model(model)
         self.vocab_size = self.loaded.config.vocab_size
         self.max_positions = self.loaded.config.max_position_embeddings
 
-    def engine(self, policy: str, kv_tokens: int) -> LLMEngine:
+    def engine(self, kv_tokens: int) -> LLMEngine:
+        """A fresh engine; the run's Runtime(policy=...) installs the policy and its queue order."""
         cfg = EngineConfig(dtype=self.dtype, block_size=self.block_size, kv_cache_tokens=kv_tokens,
-                           schedule_order="program" if policy in PROGRAM_ORDER else "request",
                            num_threads=self.threads, max_model_len=min(self.max_positions, kv_tokens),
-                           **self.extra)
+                           host_kv_tokens=self.host_tokens)
         return LLMEngine(self.loaded, cfg)
 
     def one_run(self, workload: Workload, policy: str, kv_tokens: int, run: int, *,
                 warmup: bool = False) -> RunRecord:
-        engine = self.engine(policy, kv_tokens)
+        engine = self.engine(kv_tokens)
         probe = Probe(engine)
         records, wall = asyncio.run(workload.drive(engine, policy, probe, warmup))
         pool = engine.pool
@@ -119,7 +116,7 @@ class Harness:
         return RunRecord(policy, run, wall, sorted(records, key=lambda r: r.arrival_s), pool.block_size,
                          pool.num_blocks, pool.stats_recomputed_blocks, pool.stats_evicted_blocks,
                          probe.preemptions, probe.peak_blocks, engine.num_steps, belady_blocks, distinct,
-                         len(pool.access_log), getattr(pool, "stats_loaded_blocks", 0), probe.finish())
+                         len(pool.access_log), pool.stats_loaded_blocks, probe.finish())
 
 
 @dataclass

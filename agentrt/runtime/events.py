@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -108,8 +108,8 @@ def summarize(results: list[ProgramResult], wall: float) -> dict[str, Any]:
         "cancelled": sum(r.status == "cancelled" for r in results),
         "wall_s": round(wall, 3),
         "mean_jct_s": round(sum(jcts) / len(jcts), 3) if jcts else 0.0,
-        "p50_jct_s": round(_quantile(jcts, 0.5), 3),
-        "p95_jct_s": round(_quantile(jcts, 0.95), 3),
+        "p50_jct_s": round(quantile(jcts, 0.5), 3),
+        "p95_jct_s": round(quantile(jcts, 0.95), 3),
         "llm_calls": sum(r.llm_calls for r in results),
         "tool_calls": sum(r.tool_calls for r in results),
         "tokens_in": tokens_in, "tokens_out": tokens_out,
@@ -118,9 +118,11 @@ def summarize(results: list[ProgramResult], wall: float) -> dict[str, Any]:
     }
 
 
-def _quantile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
+def quantile(values: Iterable[float], q: float) -> float:
+    """Linear-interpolated quantile (0 <= q <= 1); 0.0 for no values."""
+    xs = sorted(values)
+    if not xs:
         return 0.0
-    pos = (len(sorted_values) - 1) * q
+    pos = (len(xs) - 1) * q
     lo, hi = math.floor(pos), math.ceil(pos)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)

@@ -68,7 +68,6 @@ class Program:
         self.rt, self.wf, self.id, self.state = runtime, workflow, program_id, state
         self.conversations: dict[tuple[str, str], Conversation] = {}
         self.loop_counts: Counter = Counter()
-        self.frontier: Counter = Counter()          # steps running now (for graph analysis)
         self.counts = Counter()                     # steps, llm_calls, tool_calls, tokens_*
         self.submitted = time.monotonic()
         self.status = "pending"
@@ -207,7 +206,6 @@ class Program:
 
     # ------------------------------------------------------------------ steps
     async def _run_step(self, step: Step, lane: Lane | None) -> None:
-        self.frontier[step.name] += 1
         started = time.monotonic()
         self.emit("step_start", step=step.name, kind=step.kind, agent=getattr(step, "agent", None),
                   tool=getattr(step, "tool", None), lane=lane.key if lane else None)
@@ -222,10 +220,6 @@ class Program:
             raise
         except Exception as exc:
             raise ProgramError(step.name, f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            self.frontier[step.name] -= 1
-            if not self.frontier[step.name]:
-                del self.frontier[step.name]
         self.counts["steps"] += 1
         self.emit("step_end", step=step.name, duration=round(time.monotonic() - started, 6),
                   lane=lane.key if lane else None)
