@@ -117,3 +117,46 @@ def test_min_never_worse_than_lru_or_fifo(trace, capacity):
 @given(trace=st.lists(st.integers(0, 4), max_size=12), capacity=st.integers(1, 3))
 def test_min_is_optimal_on_small_traces(trace, capacity):
     assert belady(trace, capacity).misses == optimal_misses(tuple(trace), capacity)
+
+
+# ---------------------------------------------------------------- a room that shrinks with the running set
+def optimal_misses_with_rooms(keys: tuple[Hashable, ...], capacity: int, rooms: tuple[int, ...]) -> int:
+    """Exhaustive search: a miss at i leaves at most min(capacity, rooms[i]) blocks (the new one
+    included; none when the room is 0)."""
+    from itertools import combinations
+
+    @lru_cache(maxsize=None)
+    def best(i: int, resident: frozenset) -> int:
+        if i == len(keys):
+            return 0
+        key = keys[i]
+        if key in resident:
+            return best(i + 1, resident)
+        room = min(capacity, rooms[i])
+        keep, new = (room - 1, {key}) if room > 0 else (0, set())
+        if len(resident) <= keep:
+            return 1 + best(i + 1, resident | new)
+        return 1 + min(best(i + 1, frozenset(kept) | new) for kept in combinations(resident, keep))
+    return best(0, frozenset())
+
+
+def test_a_shrinking_room_forces_the_furthest_used_block_out():
+    # a b c a b at 3 slots: no reuse miss. With 2 slots of room when c arrives, MIN drops b
+    # (next used at 4, a at 3), so b misses again.
+    assert belady(list("abcab"), 3).misses == 3
+    assert belady(list("abcab"), 3, rooms=[3, 3, 2, 2, 2]).misses == 4
+    assert belady(list("abcab"), 3, rooms=[9] * 5).misses == 3         # room above capacity: capacity rules
+
+
+def test_rooms_must_match_the_trace():
+    with pytest.raises(ValueError, match="rooms has 2 entries for 3 accesses"):
+        belady("abc", 2, rooms=[1, 1])
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), trace=st.lists(st.integers(0, 4), max_size=10), capacity=st.integers(1, 3))
+def test_min_with_rooms_is_optimal_and_monotone(data, trace, capacity):
+    rooms = data.draw(st.lists(st.integers(0, 4), min_size=len(trace), max_size=len(trace)))
+    got = belady(trace, capacity, rooms).misses
+    assert got == optimal_misses_with_rooms(tuple(trace), capacity, tuple(rooms))
+    assert belady(trace, capacity).misses <= got        # less room never means fewer misses

@@ -69,12 +69,17 @@ def test_workflows_research_team_table_and_json(runner, tmp_path):
 
 
 def test_workflows_coding_agent_json(runner):
+    from agentrt.bench.workflow_bench import Harness
     result = invoke(runner, "workflows", *TINY, "-w", "coding_agent", "--programs", "3", "--rounds", "2",
-                    "--speedup", "40", "--policies", "lru,agentrt", "--rate", "20", "--json")
+                    "--speedup", "40", "--policies", "lru,agentrt", "--rate", "20", "--json",
+                    "--kv-device-bytes", "1MiB", "--max-num-seqs", "2", "--program-order", "las")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     check_report(report, ("lru", "agentrt"))
     assert report["workload"] == "coding_agent" and report["settings"]["rate"] == 20
+    assert report["settings"]["max_num_seqs"] == 2 and report["settings"]["program_order"] == "las"
+    per_block = Harness("tiny-random-llama").kv_bytes_per_token() * 16       # 1 MiB in whole blocks
+    assert report["kv_device_tokens"] == (2**20 // per_block) * 16
     assert report["policies"]["agentrt"]["median"]["llm_calls"] == 3 * 2
     assert "run 1/1 agentrt" in result.stderr
 
@@ -109,6 +114,10 @@ def test_replay_mooncake_table(runner):
     (["replay", "trace.csv", "--format", "sharegpt"], "sharegpt"),
     (["replay", "/nonexistent/trace.csv"], "no such trace file"),
     (["replay", "x.jsonl", "--policies", ""], "unknown policy"),
+    (["workflows", "--kv-device-tokens", "512", "--kv-device-bytes", "1MiB"], "not both"),
+    (["workflows", "--kv-device-bytes", "12 parsecs"], "cannot read '12 parsecs' as a size"),
+    (["workflows", "--kv-device-bytes", "100"], "holds no KV block"),
+    (["workflows", "--program-order", "sjf"], "sjf"),
 ])
 def test_bad_arguments_exit_2(runner, args, message):
     result = runner.invoke(app, ["bench", *args, "--model", "tiny-random-llama"])
@@ -188,3 +197,10 @@ def test_metric_computations_on_hand_made_numbers():
     assert Target("kvflow", "belady", 1.15).evaluate(medians) == (None, True)       # MIN and kvflow: 0 recomputes
     assert Target("agentrt", "lru", 1 / 1.05).evaluate({"lru": {"mean_jct_s": 1.0}, "agentrt": {"mean_jct_s": 1.04}})[1]
     assert evaluate_targets("mooncake", {"lru": {"mean_jct_s": 1.0}})[0]["met"] is None   # agentrt did not run
+
+
+@pytest.mark.parametrize("text, size", [("1048576", 2**20), ("64MiB", 64 * 2**20), ("1.5GB", 1_500_000_000),
+                                        ("500k", 500_000), ("2 gib", 2 * 2**30), ("7b", 7)])
+def test_parse_size(text, size):
+    from agentrt.cli.common import parse_size
+    assert parse_size(text) == size

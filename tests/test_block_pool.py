@@ -554,3 +554,19 @@ class BlockPoolMachine(RuleBasedStateMachine):
 BlockPoolMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None,
                                               suppress_health_check=[HealthCheck.too_slow])
 test_block_pool_state_machine = BlockPoolMachine.TestCase
+
+
+def test_access_log_records_the_room_left_by_unfinished_blocks():
+    pool = BlockPool(num_blocks=8, block_size=4)
+    pool.record_accesses()
+    held = pool.allocate(3)                       # unfinished KV: not hashed, not cacheable
+    a = pool.allocate(1)[0]
+    pool.cache_full_block(a, None, (1, 2, 3, 4))
+    pool.note_use([a], None)
+    assert pool.access_log == [a.block_hash]
+    assert pool.access_room == [8 - 3]            # the 3 unhashed held blocks are out of the cache's reach
+    pool.free(held)
+    pool.note_use([a], None)
+    assert pool.access_room == [5, 8]
+    pool.record_accesses()
+    assert pool.access_log == [] and pool.access_room == []

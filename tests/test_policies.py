@@ -18,7 +18,7 @@ from agentrt import Agent, Runtime, Workflow, tool
 from agentrt.engine import SamplingParams
 from agentrt.engine.block_pool import BlockPool, NoFreeBlocks
 from agentrt.engine.eviction import LRUPolicy
-from agentrt.engine.request import Request, RequestMeta
+from agentrt.engine.request import ProgramService, Request, RequestMeta
 from agentrt.engine.scheduler import Scheduler, SchedulerConfig
 from agentrt.runtime import Event
 from agentrt.sched.policies import (POLICIES, AgentrtPolicy, ContinuumPolicy, KVFlowPolicy,
@@ -521,3 +521,46 @@ def test_program_order_on_the_engine(order, make_engine, drain):
     done = drain(engine)
     first = sorted(done, key=lambda rid: done[rid].metrics["arrival_time"] + done[rid].metrics["ttft_s"])
     assert first == (["A/2", "B/1", "C/1"] if order == "program" else ["B/1", "C/1", "A/2"])
+
+
+# ------------------------------------------------------------------------------------------ least attained service
+def served(rid: str, service: ProgramService, program_arrival: float, n: int = 8) -> Request:
+    r = req(rid, program_arrival, n=n)
+    r.meta.hints["program_service"] = service
+    return r
+
+
+def test_las_queues_the_least_served_program_first_and_follows_service_as_it_grows():
+    s = scheduler("las")
+    heavy, light = ProgramService(tokens=500), ProgramService(tokens=20)
+    s.add(served("OLD/2", heavy, 1.0))           # older, but it has had the engine for 500 tokens
+    s.add(served("NEW/1", light, 5.0))
+    s.add(served("NEWER/1", ProgramService(tokens=20), 9.0))   # a tie on service: arrival decides
+    assert [r.request_id for r in s.waiting] == ["NEW/1", "NEWER/1", "OLD/2"]
+    light.tokens = 900                            # NEW ran elsewhere meanwhile: the order follows
+    batch = s.schedule()
+    assert [r.request_id for r in batch.requests] == ["NEWER/1"]
+    assert [r.request_id for r in s.waiting] == ["OLD/2", "NEW/1"]
+
+
+def test_las_counts_every_computed_token_into_the_programs_service():
+    s = Scheduler(SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64, order="las"), BlockPool(64, 4))
+    service = ProgramService()
+    a, b = served("P/1", service, 1.0, n=12), served("P/2", service, 1.0, n=8)
+    b.prompt_token_ids = list(range(50, 58))
+    s.add(a)
+    s.add(b)
+    s.commit(s.schedule())
+    assert service.tokens == 12 + 8
+
+
+def test_runtime_order_overrides_the_policys(make_engine):
+    engine = make_engine(kv_cache_tokens=256)
+    rt = Runtime(engine, policy="agentrt", order="las")
+    assert engine.scheduler.config.order == "las" and rt.table is not None
+    default = Runtime(make_engine(kv_cache_tokens=256), policy="agentrt")
+    assert default.engine.engine.scheduler.config.order == "program"
+    with pytest.raises(ValueError, match="unknown order 'sjf'; choose from request, program, las"):
+        Runtime(make_engine(kv_cache_tokens=256), order="sjf")
+    arun(rt.close())
+    arun(default.close())

@@ -4,10 +4,14 @@ The trace is the engine's sequence of full-block reads, in order: a request's pr
 prompt's blocks one after another; a resident block is a hit, any other is a miss that recomputes
 the block's tokens and makes it resident (evicting one block when the device is full).
 
-Model: classic per-block demand paging with `capacity_blocks` slots. MIN (on a miss with a full
-cache evict the resident block whose next use is furthest away, never-used-again first) gives the
-least number of misses over *all* eviction policies on this access order. The engine's extra
-constraints only add misses, so MIN stays a lower bound for it:
+Model: per-block demand paging with `capacity_blocks` slots. MIN (on a miss with a full cache
+evict the resident block whose next use is furthest away, never-used-again first) gives the least
+number of misses over *all* eviction policies on this access order. `rooms`, when given, lowers
+the capacity access by access: the engine's cache can only use the blocks that running requests
+do not hold as unfinished (not yet hashed) KV, so `rooms[i]` is that room when access i happened.
+A shrinking room costs MIN the furthest-used blocks first, which is still optimal, and MIN may
+put an eviction off until its next miss (the room is applied on misses), which only helps it. The engine's extra constraints
+only add misses, so MIN stays a lower bound for it:
   * hash-chain cache: a child block hits only while its parent is resident (the engine evicts
     leaves only); MIN ignores the chain and may keep a child without its parent;
   * a request's blocks are needed together, and running requests hold further blocks;
@@ -70,13 +74,17 @@ def next_uses(keys: Sequence[Hashable]) -> list[int]:
     return nxt
 
 
-def belady(accesses: Sequence[Access | Hashable], capacity_blocks: int) -> BeladyResult:
+def belady(accesses: Sequence[Access | Hashable], capacity_blocks: int,
+           rooms: Sequence[int] | None = None) -> BeladyResult:
     """Misses, hits, recomputed tokens and evictions under Bélády's MIN, in O(n log n).
 
     Compulsory (first-access) misses are counted. Capacity 0 means no cache: every access misses.
+    `rooms[i]` (optional) caps the capacity at access i.
     """
     _check_capacity(capacity_blocks)
     trace = _normalize(accesses)
+    if rooms is not None and len(rooms) != len(trace):
+        raise ValueError(f"rooms has {len(rooms)} entries for {len(trace)} accesses")
     nxt = next_uses([a.key for a in trace])
     resident: dict[Hashable, int] = {}  # key -> index of its next use
     heap: list[tuple[int, int, Hashable]] = []  # (-next use, trace index, key); stale entries skipped
@@ -88,15 +96,14 @@ def belady(accesses: Sequence[Access | Hashable], capacity_blocks: int) -> Belad
         else:
             misses += 1
             tokens += access.tokens
-            if capacity_blocks == 0:
+            capacity = capacity_blocks if rooms is None else min(capacity_blocks, rooms[i])
+            while len(resident) > max(capacity - 1, 0):
+                neg_use, _, victim = heapq.heappop(heap)
+                if resident.get(victim) == -neg_use:
+                    del resident[victim]
+                    evictions += 1
+            if capacity <= 0:
                 continue
-            if len(resident) >= capacity_blocks:
-                while True:
-                    neg_use, _, victim = heapq.heappop(heap)
-                    if resident.get(victim) == -neg_use:
-                        break
-                del resident[victim]
-                evictions += 1
         resident[key] = nxt[i]
         heapq.heappush(heap, (-nxt[i], i, key))
     return BeladyResult(misses, hits, tokens, evictions)

@@ -5,7 +5,8 @@ tested on hand-made numbers.
 Conventions:
 * JCT ratio "a vs b" = b's mean JCT / a's mean JCT: > 1 means `a` finishes programs faster.
 * Bélády ratio = the policy's recomputed blocks / Bélády MIN's recomputed blocks on the policy's
-  own recorded access log at the same capacity (None, printed "—", when MIN recomputes nothing).
+  own recorded access log at the same capacity, less what running requests held as unfinished KV at
+  each access (None, printed "—", when MIN recomputes nothing).
 * Recomputed = a full block computed again after it was evicted (the pool's
   `stats_recomputed_blocks`); MIN's recomputes = its misses minus the log's distinct blocks
   (the first computation of every block is compulsory for any policy). A preempted request's full
@@ -59,12 +60,14 @@ class RunRecord:
     timeline: list[tuple] = field(default_factory=list, repr=False)   # for plots: (kind, program, t0, t1, n)
 
 
-def belady_recomputes(access_log: Sequence[Hashable], capacity_blocks: int) -> tuple[int, int]:
-    """(MIN's recomputed blocks, distinct blocks) on a recorded access log at `capacity_blocks`."""
+def belady_recomputes(access_log: Sequence[Hashable], capacity_blocks: int,
+                      rooms: Sequence[int] | None = None) -> tuple[int, int]:
+    """(MIN's recomputed blocks, distinct blocks) on a recorded access log at `capacity_blocks`,
+    capped access by access by `rooms` (the pool's `access_room`) when given."""
     distinct = len(set(access_log))
     if not access_log:
         return 0, 0
-    return belady(access_log, capacity_blocks).misses - distinct, distinct
+    return belady(access_log, capacity_blocks, rooms).misses - distinct, distinct
 
 
 def belady_ratio(policy_blocks: int, belady_blocks: int) -> float | None:
@@ -210,7 +213,7 @@ class Probe:
     def __init__(self, engine):
         self.engine, self.table = engine, None
         pool = engine.pool
-        pool.access_log = []
+        pool.record_accesses()
         self.t0 = time.monotonic()
         self.peak_blocks = self.preemptions = 0
         self.timeline: list[tuple] = []

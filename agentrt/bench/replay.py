@@ -33,7 +33,7 @@ from agentrt.bench.workflow_bench import Workload
 from agentrt.engine.async_engine import AsyncLLMEngine
 from agentrt.engine.block_pool import chain_hash
 from agentrt.engine.params import SamplingParams
-from agentrt.engine.request import RequestMeta
+from agentrt.engine.request import ProgramService, RequestMeta
 from agentrt.graph import Agent, Workflow
 from agentrt.runtime import Event, Runtime
 from agentrt.tools import tool
@@ -139,11 +139,11 @@ def replay_workload(trace: Trace, block_size: int) -> Workload:
     if not structured:
         notes.append("mooncake: no program or graph information reaches the policies")
 
-    async def drive(engine, policy: str, probe: Probe, warmup: bool = False):
+    async def drive(engine, policy: str, probe: Probe, warmup: bool = False, order: str | None = None):
         programs = trace.programs[:WARMUP_PROGRAMS] if warmup else trace.programs
         aengine = AsyncLLMEngine(engine)
         engine.stream_text = False
-        rt = Runtime(aengine, policy=policy)
+        rt = Runtime(aengine, policy=policy, order=order)
         probe.attach(rt)
         try:
             start = probe.start()
@@ -165,7 +165,7 @@ async def _run_program(rt: Runtime, aengine: AsyncLLMEngine, probe: Probe, prog,
     delay = arrival - (time.monotonic() - start)
     if delay > 0:
         await asyncio.sleep(delay)
-    pid, submitted = prog.program_id, time.monotonic()
+    pid, submitted, service = prog.program_id, time.monotonic(), ProgramService()
     structured = wf is not None
 
     def emit(_kind: str, **data: Any) -> None:
@@ -184,7 +184,8 @@ async def _run_program(rt: Runtime, aengine: AsyncLLMEngine, probe: Probe, prog,
             step, rid, t = f"turn{i}", f"{pid}/turn{i}", time.monotonic()
             emit("step_start", step=step, kind="llm", agent=AGENT, tool=None, lane=None)
             emit("llm_start", step=step, agent=AGENT, request_id=rid, tokens_in=len(r.prompt_tokens), turn=0)
-            meta = RequestMeta(pid, AGENT, step, {"turn": 0, "program_arrival": submitted}) if structured else None
+            meta = RequestMeta(pid, AGENT, step, {"turn": 0, "program_arrival": submitted,
+                                                  "program_service": service}) if structured else None
             out = await aengine.generate(r.prompt_tokens, SamplingParams(max_tokens=r.output_len, ignore_eos=True),
                                          meta=meta, request_id=rid)
             calls, tokens_in, tokens_out = calls + 1, tokens_in + len(r.prompt_tokens), tokens_out + len(out.token_ids)

@@ -35,7 +35,7 @@ from agentrt.engine import EngineConfig, LLMEngine
 from agentrt.engine.async_engine import AsyncLLMEngine
 from agentrt.engine.loader import LoadedModel, load_model
 from agentrt.runtime import Runtime
-from agentrt.sched.policies import POLICIES
+from agentrt.sched.policies import POLICIES, PROGRAM_ORDERED
 
 WORKLOADS = ("research_team", "coding_agent")
 WARMUP_TIER_TOKENS = 16384
@@ -89,30 +89,40 @@ class Workload:
 
 # ------------------------------------------------------------------------------------------ harness
 class Harness:
-    """The weights, loaded once, and a fresh engine per run."""
+    """The weights, loaded once, and a fresh engine per run (the same engine settings for every
+    policy; `program_order` is how continuum and agentrt order programs: FCFS or "las")."""
 
     def __init__(self, model: str, *, dtype: str = "auto", threads: int | None = None, block_size: int = 16,
-                 seed: int = 0, host_tokens: int = 0):
+                 seed: int = 0, host_tokens: int = 0, max_num_seqs: int = 64, program_order: str = "program"):
         self.model, self.dtype, self.threads, self.block_size = model, dtype, threads, block_size
-        self.host_tokens = host_tokens
+        self.host_tokens, self.max_num_seqs = host_tokens, max_num_seqs
+        self.program_order = program_order      # for the policies that order by program: "program" or "las"
         self.loaded: LoadedModel = load_model(model, seed=seed) if model == "tiny-random-llama" else load_model(model)
         self.vocab_size = self.loaded.config.vocab_size
         self.max_positions = self.loaded.config.max_position_embeddings
+
+    def kv_bytes_per_token(self) -> int:
+        """Device bytes one token's K and V take over all layers, at the engine's dtype."""
+        cfg, engine_cfg = self.loaded.config, EngineConfig(dtype=self.dtype)
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        dtype = engine_cfg.torch_dtype(engine_cfg.torch_device())
+        return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * dtype.itemsize
 
     def engine(self, kv_tokens: int) -> LLMEngine:
         """A fresh engine; the run's Runtime(policy=...) installs the policy and its queue order."""
         cfg = EngineConfig(dtype=self.dtype, block_size=self.block_size, kv_cache_tokens=kv_tokens,
                            num_threads=self.threads, max_model_len=min(self.max_positions, kv_tokens),
-                           host_kv_tokens=self.host_tokens)
+                           host_kv_tokens=self.host_tokens, max_num_seqs=self.max_num_seqs)
         return LLMEngine(self.loaded, cfg)
 
     def one_run(self, workload: Workload, policy: str, kv_tokens: int, run: int, *,
                 warmup: bool = False) -> RunRecord:
         engine = self.engine(kv_tokens)
         probe = Probe(engine)
-        records, wall = asyncio.run(workload.drive(engine, policy, probe, warmup))
+        order = self.program_order if policy in PROGRAM_ORDERED else None
+        records, wall = asyncio.run(workload.drive(engine, policy, probe, warmup, order))
         pool = engine.pool
-        belady_blocks, distinct = belady_recomputes(pool.access_log, pool.num_blocks)
+        belady_blocks, distinct = belady_recomputes(pool.access_log, pool.num_blocks, pool.access_room)
         return RunRecord(policy, run, wall, sorted(records, key=lambda r: r.arrival_s), pool.block_size,
                          pool.num_blocks, pool.stats_recomputed_blocks, pool.stats_evicted_blocks,
                          probe.preemptions, probe.peak_blocks, engine.num_steps, belady_blocks, distinct,
@@ -258,13 +268,13 @@ def workflow_workload(name: str, programs: int, rate: float, seed: int, *, outpu
         describe = f"{programs} coding_agent programs ({n_rounds} rounds, {out} tokens per turn)"
     compiled = wf.compile()
 
-    async def drive(engine: LLMEngine, policy: str, probe: Probe, warmup: bool = False):
+    async def drive(engine: LLMEngine, policy: str, probe: Probe, warmup: bool = False, order: str | None = None):
         if name == "coding_agent":          # the same pauses, program by program, for every policy
             current.clear()
             current.update({pid: list(seq) for pid, seq in pauses.items()})
         aengine = AsyncLLMEngine(engine)
         engine.stream_text = False          # text is only needed at the end of a turn
-        rt = Runtime(aengine, policy=policy)
+        rt = Runtime(aengine, policy=policy, order=order)
         probe.attach(rt)
         try:
             start = probe.start()

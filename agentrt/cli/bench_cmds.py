@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from agentrt.cli.common import DEFAULT_MODEL, EngineDTypeOpt, JsonOpt, ModelOpt, bench_app, emit_json, err, out, \
-    user_errors
+    parse_size, user_errors
 
 ALL_POLICIES = "lru,continuum,kvflow,agentrt"
 
@@ -37,9 +37,22 @@ PoliciesOpt = Annotated[str, typer.Option("--policies", "-p", help="comma-separa
 RunsOpt = Annotated[int, typer.Option(min=1, help="measured runs per policy (medians reported)")]
 DeviceOpt = Annotated[int | None, typer.Option("--kv-device-tokens", min=16, help="device-tier KV capacity in tokens "
                                                 "(default: --tier-fraction of the working set)")]
+BytesOpt = Annotated[str | None, typer.Option("--kv-device-bytes", help="device-tier KV capacity as a size "
+                                              "(64MiB, 1.5GB), turned into whole blocks of the model's KV; "
+                                              "instead of --kv-device-tokens")]
 HostOpt = Annotated[int, typer.Option("--kv-host-tokens", min=0, help="host-tier KV capacity in tokens (0: none)")]
 FractionOpt = Annotated[float, typer.Option(min=0.01, max=4.0, help="default device tier as a fraction of the "
                                                                       "working set")]
+SeqsOpt = Annotated[int, typer.Option("--max-num-seqs", min=1, help="most requests in one engine step, for every "
+                                      "policy (the batch size where the step time stops paying off)")]
+class ProgramOrder(str, enum.Enum):
+    fcfs = "fcfs"
+    las = "las"
+
+
+_ORDER = {ProgramOrder.fcfs: "program", ProgramOrder.las: "las"}
+OrderOpt = Annotated[ProgramOrder, typer.Option("--program-order", help="how continuum and agentrt order programs: "
+                                                "fcfs (by arrival) or las (least attained service)")]
 ThreadsOpt = Annotated[int, typer.Option(min=1, help="torch CPU threads")]
 PlotOpt = Annotated[Path | None, typer.Option(help="draw a timeline per policy and a JCT bar chart to this PNG")]
 SaveOpt = Annotated[Path | None, typer.Option(help="also write the JSON object to this file")]
@@ -57,6 +70,7 @@ def bench_workflows(
     programs: Annotated[int, typer.Option("--programs", "-n", min=1, help="programs per run")] = 16,
     rate: Annotated[float, typer.Option(min=0.0, help="Poisson arrivals per second; 0: all at once")] = 0.0,
     kv_device_tokens: DeviceOpt = None,
+    kv_device_bytes: BytesOpt = None,
     kv_host_tokens: HostOpt = 0,
     tier_fraction: FractionOpt = 0.4,
     runs: RunsOpt = 3,
@@ -69,6 +83,8 @@ def bench_workflows(
     seed: Annotated[int, typer.Option(min=0, help="seed of arrivals, texts and tool pauses")] = 0,
     dtype: EngineDTypeOpt = "auto",
     threads: ThreadsOpt = 2,
+    max_num_seqs: SeqsOpt = 64,
+    program_order: OrderOpt = ProgramOrder.fcfs,
     warmup: WarmupOpt = True,
     as_json: JsonOpt = False,
     plot: PlotOpt = None,
@@ -81,7 +97,9 @@ def bench_workflows(
         work = workflow_workload(workload.value, programs, rate, seed, output_tokens=output_tokens, rounds=rounds,
                                  speedup=speedup)
         with err.status(f"loading {model} ..."):
-            harness = Harness(model, dtype=dtype, threads=threads, seed=seed, host_tokens=kv_host_tokens)
+            harness = Harness(model, dtype=dtype, threads=threads, seed=seed, host_tokens=kv_host_tokens,
+                              max_num_seqs=max_num_seqs, program_order=_ORDER[program_order])
+        kv_device_tokens = _device_tokens(harness, kv_device_tokens, kv_device_bytes)
     settings = {"workload": workload.value, "programs": programs, "rate": rate, "output_tokens": output_tokens,
                 "rounds": rounds, "speedup": speedup, "seed": seed}
     _run("workflows", harness, work, names, runs, kv_device_tokens, kv_host_tokens, tier_fraction, warmup,
@@ -101,6 +119,7 @@ def bench_replay(
     limit: Annotated[int | None, typer.Option(min=1, help="replay only the first N sessions / requests")] = None,
     speedup: Annotated[float, typer.Option(min=0.001, help="compress arrival times and pauses X-fold")] = 1.0,
     kv_device_tokens: DeviceOpt = None,
+    kv_device_bytes: BytesOpt = None,
     kv_host_tokens: HostOpt = 0,
     tier_fraction: FractionOpt = 0.4,
     runs: RunsOpt = 3,
@@ -108,6 +127,8 @@ def bench_replay(
     seed: Annotated[int, typer.Option(min=0, help="seed of the synthetic token ids")] = 0,
     dtype: EngineDTypeOpt = "auto",
     threads: ThreadsOpt = 2,
+    max_num_seqs: SeqsOpt = 64,
+    program_order: OrderOpt = ProgramOrder.fcfs,
     warmup: WarmupOpt = True,
     as_json: JsonOpt = False,
     plot: PlotOpt = None,
@@ -124,12 +145,28 @@ def bench_replay(
         if fmt is None:
             raise ValueError(f"cannot tell the format of {trace.name} from its suffix; pass --format tracelab|mooncake")
         with err.status(f"loading {model} ..."):
-            harness = Harness(model, dtype=dtype, threads=threads, host_tokens=kv_host_tokens)
+            harness = Harness(model, dtype=dtype, threads=threads, host_tokens=kv_host_tokens,
+                              max_num_seqs=max_num_seqs, program_order=_ORDER[program_order])
+        kv_device_tokens = _device_tokens(harness, kv_device_tokens, kv_device_bytes)
         loaded = load(trace, fmt, scale=scale, limit=limit, speedup=speedup, vocab=harness.vocab_size, seed=seed)
         work = replay_workload(loaded, harness.block_size)
     settings = {"trace": str(trace), "format": fmt, "scale": scale, "limit": limit, "speedup": speedup, "seed": seed}
     _run("replay", harness, work, names, runs, kv_device_tokens, kv_host_tokens, tier_fraction, warmup,
          settings, as_json, plot, save)
+
+
+def _device_tokens(harness, tokens: int | None, size: str | None) -> int | None:
+    """The device tier in tokens, from --kv-device-tokens or --kv-device-bytes (not both)."""
+    if size is None:
+        return tokens
+    if tokens is not None:
+        raise ValueError("give the device tier once: --kv-device-tokens or --kv-device-bytes, not both")
+    per_block = harness.kv_bytes_per_token() * harness.block_size
+    blocks = parse_size(size) // per_block
+    if blocks < 1:
+        raise ValueError(f"--kv-device-bytes {size} holds no KV block ({per_block:,} bytes per block of "
+                         f"{harness.block_size} tokens for {harness.model})")
+    return blocks * harness.block_size
 
 
 def _run(kind: str, harness, work, names: list[str], runs: int, kv_device_tokens: int | None, kv_host_tokens: int,
@@ -141,7 +178,8 @@ def _run(kind: str, harness, work, names: list[str], runs: int, kv_device_tokens
                            lambda m: err.print(m, markup=False, soft_wrap=True), warmup=warmup)
     settings = {**settings, "policies": names, "runs": runs, "kv_device_tokens": result.tier_tokens,
                 "kv_host_tokens": kv_host_tokens, "tier_fraction": tier_fraction if kv_device_tokens is None else None,
-                "block_size": harness.block_size, "dtype": harness.dtype, "threads": harness.threads, "warmup": warmup}
+                "block_size": harness.block_size, "dtype": harness.dtype, "threads": harness.threads,
+                "max_num_seqs": harness.max_num_seqs, "program_order": harness.program_order, "warmup": warmup}
     report = report_json(kind, harness.model, work.describe, result, settings)
     if plot is not None:
         from agentrt.bench.plot import plot_result
@@ -180,6 +218,12 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
+def _belady_cell(m: dict[str, Any]) -> str:
+    if m["belady_ratio"] is not None:
+        return f"{m['belady_ratio']:.2f}"
+    return "∞" if m["recomputed_blocks"] else "="
+
+
 def render_table(report: dict[str, Any]) -> Table:
     s, ws = report["settings"], report["working_set_tokens"]
     tier = report["kv_device_tokens"]
@@ -190,12 +234,13 @@ def render_table(report: dict[str, Any]) -> Table:
     lines = [f"{p} vs lru: {r:.2f}× mean JCT" for p, r in report["vs_lru_mean_jct"].items() if r is not None]
     for t in report["targets"]:
         met = {True: "[green]met[/]", False: "[red]not met[/]", None: "[dim]n/a[/]"}[t["met"]]
-        value = f"{t['ratio']:.2f}×" if t["ratio"] is not None else \
-            "Bélády recomputes nothing" if t["baseline"] == "belady" else "—"
+        value = f"{t['ratio']:.2f}×" if t["ratio"] is not None else "—" if t["baseline"] != "belady" else \
+            "neither recomputes anything" if t["met"] else "Bélády recomputes nothing, the policy does"
         lines.append(f"target: {t['target']}: {value} → {met}")
     lines += [f"[dim]{n}[/]" for n in report["notes"]]
     lines.append("[dim]vs lru: lru's mean JCT / the policy's (> 1× is faster); × Bélády: recomputed blocks / "
-                 "Bélády MIN's on the policy's own access log (— when MIN recomputes none)[/]")
+                 "Bélády MIN's on the policy's own access log (= when both recompute none, ∞ when only the "
+                 "policy does)[/]")
     table = Table(title=title, caption="\n".join(lines), title_style="bold", caption_justify="left")
     host = bool(s.get("kv_host_tokens"))
     for name in ("policy", "mean JCT s", "p50 s", "p95 s", "prog/s", "out tok/s", "recomputed tok", "hit rate",
@@ -207,7 +252,7 @@ def render_table(report: dict[str, Any]) -> Table:
         failed = f" [red]({m['failed']} failed)[/]" if m["failed"] else ""
         table.add_row(p + failed, f"{m['mean_jct_s']:.2f}", f"{m['p50_jct_s']:.2f}", f"{m['p95_jct_s']:.2f}",
                       f"{m['programs_per_s']:.3f}", f"{m['output_tokens_per_s']:.1f}", f"{m['recomputed_tokens']:,}",
-                      f"{m['prefix_hit_rate']:.1%}", "—" if m["belady_ratio"] is None else f"{m['belady_ratio']:.2f}",
+                      f"{m['prefix_hit_rate']:.1%}", _belady_cell(m),
                       f"{m['peak_blocks']} ({m['peak_fraction']:.0%})",
                       *([f"{m['host_loaded_blocks']:,} blk"] if host else []),
                       "—" if ratio is None else f"[{'green' if ratio >= 1 else 'red'}]{ratio:.2f}×[/]")

@@ -37,6 +37,20 @@ EngineDTypeOpt = Annotated[str, typer.Option("--dtype", help="auto (float32 on C
                                                             "(2-3x faster on CPUs with AVX512-BF16)")]
 
 
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from a size such as `64MiB`, `1.5GB`, `500k` or `1048576` (ValueError otherwise)."""
+    import re
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"cannot read {text!r} as a size; write e.g. 64MiB, 1.5GB, 500kB or a number of bytes")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
 def fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)

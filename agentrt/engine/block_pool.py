@@ -45,6 +45,7 @@ class BlockPool:
         self.stats_queried_blocks = 0
         self.stats_evicted_blocks = 0
         self.access_log: list[int] | None = None   # set to [] to record every full-block use (Belady bound)
+        self.access_room: list[int] = []             # per logged use: blocks the cache could hold then
         self._ever_cached: set[int] = set()          # hashes computed at least once
         self.stats_recomputed_blocks = 0             # full blocks computed again after an eviction
         self.host = host
@@ -151,6 +152,10 @@ class BlockPool:
         for block in leaves:
             policy.add(block)
 
+    def record_accesses(self) -> None:
+        """Start (or restart) logging every full-block use and the cache's room at that use."""
+        self.access_log, self.access_room = [], []
+
     def note_use(self, blocks: Sequence[Block], reader: tuple | None) -> None:
         """Record who read or wrote these cached blocks (for next-use ranking) and, when logging,
         the use itself."""
@@ -161,7 +166,10 @@ class BlockPool:
                 if len(readers) > MAX_READERS:
                     del readers[min(readers, key=readers.get)]
         if self.access_log is not None:
-            self.access_log.extend(b.block_hash for b in blocks if b.block_hash is not None)
+            hashes = [b.block_hash for b in blocks if b.block_hash is not None]
+            self.access_log.extend(hashes)
+            # every block but those held with unfinished (unhashed) KV could serve the cache now
+            self.access_room.extend([len(self.free_queue) + len(self.cached)] * len(hashes))
 
     # ---------------------------------------------------------------- prefix cache
     def cache_full_block(self, block: Block, parent: Block | None, token_ids: tuple[int, ...]) -> Block:

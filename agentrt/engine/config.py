@@ -22,8 +22,9 @@ class EngineConfig(BaseModel):
     max_num_batched_tokens: int = Field(2048, ge=16, description="token budget per step (prefill chunk size)")
     max_model_len: int | None = Field(None, ge=2, description="context limit; default: the model's, capped by the KV capacity")
     enable_prefix_caching: bool = True
-    schedule_order: Literal["request", "program"] = Field(
-        "request", description="waiting queue: FCFS by request, or by program arrival (the runtime's hint)")
+    schedule_order: Literal["request", "program", "las"] = Field(
+        "request", description="queue and step-budget order: FCFS by request, by program arrival, or least "
+                               "attained service by program (the runtime's hints)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     seed: int = Field(0, description="seed for tiny-random-llama's weights")
 

@@ -15,6 +15,13 @@ class RequestStatus(enum.Enum):
     FINISHED = "finished"
 
 
+@dataclass(slots=True)
+class ProgramService:
+    """Tokens the engine has computed for one program so far (shared by all its requests through
+    the `program_service` hint; the least-attained-service order reads it)."""
+    tokens: int = 0
+
+
 @dataclass(slots=True, frozen=True)
 class RequestMeta:
     """Scheduling metadata the runtime attaches to a request."""

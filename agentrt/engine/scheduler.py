@@ -25,7 +25,8 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 2048
     max_model_len: int = 2048
     enable_prefix_caching: bool = True
-    order: str = "request"          # "request": FCFS by request; "program": FCFS by program arrival
+    order: str = "request"          # "request": FCFS by request; "program": FCFS by program arrival;
+                                    # "las": least attained service by program, then program arrival
 
 
 class ScheduledBatch(NamedTuple):
@@ -48,6 +49,15 @@ def program_arrival(req: Request) -> float:
     return req.meta.hints.get("program_arrival", req.arrival_time)
 
 
+def attained_service(req: Request) -> tuple[int, float]:
+    """Tokens computed so far for the request's program (its own, without a program), then arrival."""
+    service = req.meta.hints.get("program_service")
+    return (service.tokens if service is not None else req.num_computed_tokens), program_arrival(req)
+
+
+ORDER_KEYS = {"program": program_arrival, "las": attained_service}
+
+
 class Scheduler:
     def __init__(self, config: SchedulerConfig, pool: BlockPool):
         self.config = config
@@ -57,15 +67,26 @@ class Scheduler:
 
     def add(self, req: Request) -> None:
         """Queue a request: at the tail, or (program order) behind every request of an older or
-        equally old program, so a program's next turn overtakes newer programs' first turns."""
-        if self.config.order != "program" or not self.waiting:
+        equally old program, so a program's next turn overtakes newer programs' first turns (least
+        attained service: behind every program that has had as little engine time or less)."""
+        order_key = ORDER_KEYS.get(self.config.order)
+        if order_key is None or not self.waiting:
             self.waiting.append(req)
             return
-        key = program_arrival(req)
+        key = order_key(req)
         i = len(self.waiting)
-        while i > 0 and self.waiting[i - 1].num_preemptions == 0 and program_arrival(self.waiting[i - 1]) > key:
+        while i > 0 and self.waiting[i - 1].num_preemptions == 0 and order_key(self.waiting[i - 1]) > key:
             i -= 1
         self.waiting.insert(i, req)
+
+    def _reorder_by_service(self) -> None:
+        """Least attained service: services grow every step, so both queues are re-sorted (stable;
+        preempted requests stay at the head of the waiting queue)."""
+        self.running.sort(key=attained_service)
+        head = [r for r in self.waiting if r.num_preemptions]
+        if len(head) < len(self.waiting):
+            rest = sorted((r for r in self.waiting if not r.num_preemptions), key=attained_service)
+            self.waiting = deque(head + rest)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -73,6 +94,8 @@ class Scheduler:
     # ---------------------------------------------------------------- one step
     def schedule(self) -> ScheduledBatch:
         self.pool.tick()
+        if self.config.order == "las":
+            self._reorder_by_service()
         budget = self.config.max_num_batched_tokens
         chosen: list[tuple[Request, int]] = []
         preempted = 0
@@ -113,11 +136,13 @@ class Scheduler:
     def _run(self, req: Request) -> None:
         """Join the running set: at the end, or (program order) after every request of an older
         or equally old program, so older programs' chunks get the step's token budget first and
-        the newest program's request is the one preempted."""
-        if self.config.order != "program":
+        the newest program's request is the one preempted (least attained service: the most
+        served program's)."""
+        order_key = ORDER_KEYS.get(self.config.order)
+        if order_key is None:
             self.running.append(req)
         else:
-            bisect.insort_right(self.running, req, key=program_arrival)
+            bisect.insort_right(self.running, req, key=order_key)
 
     def _match_prefix(self, req: Request) -> None:
         if req.block_table:
@@ -190,6 +215,9 @@ class Scheduler:
         for req, n in zip(batch.requests, batch.num_new_tokens):
             before = req.num_computed_tokens // bs
             req.num_computed_tokens += n
+            service = req.meta.hints.get("program_service")
+            if service is not None:
+                service.tokens += n
             if not caching:
                 continue
             table = req.block_table

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agentrt.engine.params import SamplingParams
-from agentrt.engine.request import RequestMeta, RequestOutput
+from agentrt.engine.request import ProgramService, RequestMeta, RequestOutput
 from agentrt.graph.compile import CompiledWorkflow
 from agentrt.graph.state import apply_update, render
 from agentrt.graph.steps import END, Agent, Branch, FanOut, FunctionStep, LLMStep, Step, ToolStep
@@ -70,6 +70,7 @@ class Program:
         self.loop_counts: Counter = Counter()
         self.counts = Counter()                     # steps, llm_calls, tool_calls, tokens_*
         self.submitted = time.monotonic()
+        self.service = ProgramService()             # engine tokens computed for it (least attained service)
         self.status = "pending"
         self.tools = ToolCaller(self)
         self.task: asyncio.Task | None = None
@@ -306,7 +307,8 @@ class Program:
         rid = f"{self.id}/{step.name}/{self.counts['requests']}"
         self.counts["requests"] += 1
         self.emit("llm_start", step=step.name, agent=agent.name, request_id=rid, tokens_in=len(ids), turn=turn)
-        meta = RequestMeta(self.id, agent.name, step.name, {"turn": turn, "program_arrival": self.submitted})
+        meta = RequestMeta(self.id, agent.name, step.name, {"turn": turn, "program_arrival": self.submitted,
+                                                            "program_service": self.service})
         try:
             out = await self.rt.engine.generate(ids, params, meta=meta, request_id=rid)
         except ValueError as exc:                 # e.g. the conversation outgrew the context

@@ -27,21 +27,27 @@ from agentrt.runtime.program import Program
 Inputs = Mapping[str, Any] | BaseModel | None
 
 
+ORDERS = ("request", "program", "las")
+
+
 class Runtime:
     """Programs run as asyncio tasks on one AsyncLLMEngine; tools run beside the engine.
 
     `engine` is a model alias or path (loaded with `engine_config`), an LLMEngine, or an
     AsyncLLMEngine. `trace` is a JSONL path; `on_event` callables receive every Event.
     `policy` (lru, continuum, kvflow, agentrt) installs a workflow-aware KV eviction policy fed
-    by a program table (`self.table`); None leaves the engine's own (LRU). `admission` starts a
-    program only when the device tier can hold it beside the running ones, oldest first (on by
-    default with the agentrt policy).
+    by a program table (`self.table`); None leaves the engine's own (LRU). `order` sets how the
+    engine queues requests and shares each step's token budget: "request" (FCFS), "program" (FCFS
+    by program arrival) or "las" (least attained service by program); None: the policy's own
+    (program for continuum and agentrt, request otherwise). `admission` (off by default) starts a
+    program only when the device tier can hold it beside the running ones, oldest first.
     One failing program never stops the others; `cancel()` stops one and frees its KV blocks.
     """
 
     def __init__(self, engine: str | LLMEngine | AsyncLLMEngine = "smollm2-135m", *,
                  trace: str | Path | None = None, on_event: Iterable[EventSink] = (),
-                 policy: str | None = None, admission: bool = False, **engine_config: Any):
+                 policy: str | None = None, order: str | None = None, admission: bool = False,
+                 **engine_config: Any):
         if engine_config and not isinstance(engine, str):
             raise TypeError("engine_config applies only when the engine is given as a model name")
         # The runtime closes only the engine it made: a given async engine (or any object with its
@@ -60,6 +66,8 @@ class Runtime:
         self.programs: dict[str, Program] = {}            # running or pending
         self._ids = itertools.count()
         self.table = self._install_policy(policy) if policy is not None else None
+        if order is not None:
+            self._set_order(order)
         self.admission = None
         if admission:
             self.admission = self._install_admission()
@@ -87,11 +95,17 @@ class Runtime:
             pool.swap_filter = worth_swapping(table)
         if name in PREFETCHING:
             self.sinks.append(NextAgentPrefetcher(self, timed=name == "agentrt", predictor=table.predictor))
-        scheduler = self.engine.engine.scheduler
-        order = "program" if name in PROGRAM_ORDERED else "request"
-        scheduler.config = dataclasses.replace(scheduler.config, order=order)
+        self._set_order("program" if name in PROGRAM_ORDERED else "request")
         self.sinks.extend(sinks)
         return table
+
+    def _set_order(self, order: str) -> None:
+        if order not in ORDERS:
+            raise ValueError(f"unknown order {order!r}; choose from {', '.join(ORDERS)}")
+        scheduler = getattr(getattr(self.engine, "engine", None), "scheduler", None)
+        if scheduler is None:
+            raise TypeError("a scheduling order needs an agentrt engine (LLMEngine or AsyncLLMEngine)")
+        scheduler.config = dataclasses.replace(scheduler.config, order=order)
 
     @property
     def tokenizer(self):
