@@ -5,6 +5,8 @@ import asyncio
 import sys
 from pathlib import Path
 
+import pytest
+
 from agentrt import EngineConfig, LLMEngine, Runtime
 from agentrt.runtime import Event
 from agentrt.sched.admission import AdmissionGate
@@ -101,3 +103,32 @@ def test_cancelling_a_program_waiting_for_admission(tiny_loaded, check_blocks):
     assert [e.event for e in events if e.program == last] == ["program_start", "program_end"]
     assert not gate.active
     check_blocks(engine)
+
+
+def test_max_programs_caps_the_programs_running_at_once():
+    async def main():
+        gate = AdmissionGate(10**6, max_programs=2)                     # room for all: only the cap binds
+        order = []
+
+        async def program(pid):
+            await gate.acquire(pid, "wf")
+            order.append(pid)
+
+        tasks = [asyncio.ensure_future(program(p)) for p in "abcd"]
+        await asyncio.sleep(0.01)
+        assert order == ["a", "b"] and gate.waited == 2
+        gate.release("b")
+        await asyncio.sleep(0.01)
+        assert order == ["a", "b", "c"]                                 # oldest waiter first
+        gate.release("a")
+        await asyncio.gather(*tasks)
+        assert order == ["a", "b", "c", "d"]
+    asyncio.run(main())
+
+
+def test_max_programs_must_be_positive_and_installs_the_gate(make_engine):
+    with pytest.raises(ValueError, match="max_programs must be >= 1"):
+        AdmissionGate(1000, max_programs=0)
+    rt = Runtime(make_engine(kv_cache_tokens=256), policy="agentrt", max_programs=3)
+    assert rt.admission is not None and rt.admission.max_programs == 3 and rt.admission in rt.sinks
+    asyncio.run(rt.close())

@@ -120,10 +120,19 @@ def test_min_is_optimal_on_small_traces(trace, capacity):
 
 
 # ---------------------------------------------------------------- a room that shrinks with the running set
-def optimal_misses_with_rooms(keys: tuple[Hashable, ...], capacity: int, rooms: tuple[int, ...]) -> int:
+def optimal_misses_with_rooms(keys: tuple[Hashable, ...], capacity: int, rooms: tuple[int, ...],
+                              releases: tuple[tuple[int, Hashable], ...] | None = None) -> int:
     """Exhaustive search: a miss at i leaves at most min(capacity, rooms[i]) blocks (the new one
-    included; none when the room is 0)."""
+    included; none when the room is 0), never dropping a block held at i (then it overflows)."""
     from itertools import combinations
+    held_at, holds, pending = [], {}, list(releases or ())
+    for i, key in enumerate(keys):
+        while pending and pending[0][0] <= i:
+            k = pending.pop(0)[1]
+            holds[k] = max(holds.get(k, 0) - 1, 0)
+        held_at.append(frozenset(k for k, n in holds.items() if n > 0))
+        if releases is not None and min(capacity, rooms[i]) > 0:
+            holds[key] = holds.get(key, 0) + 1
 
     @lru_cache(maxsize=None)
     def best(i: int, resident: frozenset) -> int:
@@ -136,7 +145,10 @@ def optimal_misses_with_rooms(keys: tuple[Hashable, ...], capacity: int, rooms: 
         keep, new = (room - 1, {key}) if room > 0 else (0, set())
         if len(resident) <= keep:
             return 1 + best(i + 1, resident | new)
-        return 1 + min(best(i + 1, frozenset(kept) | new) for kept in combinations(resident, keep))
+        must = resident & held_at[i]
+        free = resident - must
+        choices = [must | set(c) for c in combinations(free, max(keep - len(must), 0))]
+        return 1 + min(best(i + 1, frozenset(kept) | new) for kept in choices)
     return best(0, frozenset())
 
 
@@ -160,3 +172,25 @@ def test_min_with_rooms_is_optimal_and_monotone(data, trace, capacity):
     got = belady(trace, capacity, rooms).misses
     assert got == optimal_misses_with_rooms(tuple(trace), capacity, tuple(rooms))
     assert belady(trace, capacity).misses <= got        # less room never means fewer misses
+
+
+def test_a_held_block_cannot_be_evicted():
+    # a b c a at 2 slots: when c misses, MIN drops b (never used again) and keeps a; if b is
+    # still held (its request runs) and a is not, MIN must drop a, which then misses again.
+    assert belady(list("abca"), 2).misses == 3
+    assert belady(list("abca"), 2, releases=[(1, "a")]).misses == 4           # b still held when c comes
+    assert belady(list("abca"), 2, releases=[(1, "a"), (2, "b")]).misses == 3   # b let go before c
+    # all held: the cache overflows (the engine would preempt) rather than drop a held block
+    assert belady(list("abca"), 2, releases=[]).misses == 3
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), trace=st.lists(st.integers(0, 4), max_size=9), capacity=st.integers(1, 3))
+def test_min_with_holds_is_optimal(data, trace, capacity):
+    n = len(trace)
+    rooms = data.draw(st.lists(st.integers(0, 4), min_size=n, max_size=n))
+    ends = [data.draw(st.integers(i + 1, n + 1)) for i in range(n)]      # n + 1: never released
+    releases = tuple(sorted(((e, trace[i]) for i, e in enumerate(ends) if e <= n and min(capacity, rooms[i]) > 0),
+                            key=lambda r: r[0]))
+    got = belady(trace, capacity, rooms, releases).misses
+    assert got == optimal_misses_with_rooms(tuple(trace), capacity, tuple(rooms), releases)

@@ -568,5 +568,8 @@ def test_access_log_records_the_room_left_by_unfinished_blocks():
     pool.free(held)
     pool.note_use([a], None)
     assert pool.access_room == [5, 8]
+    assert pool.release_log == []                 # unhashed blocks' releases are not the cache's
+    pool.free([a])
+    assert pool.release_log == [(2, a.block_hash)]   # a holder let go after the 2 logged uses
     pool.record_accesses()
-    assert pool.access_log == [] and pool.access_room == []
+    assert pool.access_log == [] and pool.access_room == [] and pool.release_log == []

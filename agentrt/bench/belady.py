@@ -10,11 +10,13 @@ number of misses over *all* eviction policies on this access order. `rooms`, whe
 the capacity access by access: the engine's cache can only use the blocks that running requests
 do not hold as unfinished (not yet hashed) KV, so `rooms[i]` is that room when access i happened.
 A shrinking room costs MIN the furthest-used blocks first, which is still optimal, and MIN may
-put an eviction off until its next miss (the room is applied on misses), which only helps it. The engine's extra constraints
-only add misses, so MIN stays a lower bound for it:
+put an eviction off until its next miss (the room is applied on misses), which only helps it.
+`releases`, when given, makes each access hold its block until the matching release (a running
+request's blocks cannot be evicted); MIN then picks among unheld blocks, still furthest first.
+The engine's extra constraints only add misses, so MIN stays a lower bound for it:
   * hash-chain cache: a child block hits only while its parent is resident (the engine evicts
     leaves only); MIN ignores the chain and may keep a child without its parent;
-  * a request's blocks are needed together, and running requests hold further blocks;
+  * a request's blocks are needed together;
   * pinning (`Access.pinned_until`) only restricts eviction; it is recorded but ignored here.
 Caveats:
   * the bound holds for this access order; a policy that reorders requests produces another trace;
@@ -75,11 +77,15 @@ def next_uses(keys: Sequence[Hashable]) -> list[int]:
 
 
 def belady(accesses: Sequence[Access | Hashable], capacity_blocks: int,
-           rooms: Sequence[int] | None = None) -> BeladyResult:
-    """Misses, hits, recomputed tokens and evictions under Bélády's MIN, in O(n log n).
+           rooms: Sequence[int] | None = None,
+           releases: Sequence[tuple[int, Hashable]] | None = None) -> BeladyResult:
+    """Misses, hits, recomputed tokens and evictions under Bélády's MIN, in O(n log n) (plus the
+    held blocks skipped on the way to a victim).
 
     Compulsory (first-access) misses are counted. Capacity 0 means no cache: every access misses.
-    `rooms[i]` (optional) caps the capacity at access i.
+    `rooms[i]` (optional) caps the capacity at access i. `releases` (optional) makes every access
+    a hold: the block cannot be evicted until its release, given as (number of accesses before
+    it, key) in order; a cache full of held blocks overflows rather than evict one.
     """
     _check_capacity(capacity_blocks)
     trace = _normalize(accesses)
@@ -88,8 +94,14 @@ def belady(accesses: Sequence[Access | Hashable], capacity_blocks: int,
     nxt = next_uses([a.key for a in trace])
     resident: dict[Hashable, int] = {}  # key -> index of its next use
     heap: list[tuple[int, int, Hashable]] = []  # (-next use, trace index, key); stale entries skipped
+    holds: dict[Hashable, int] = {}
+    pending = iter(releases or ())
+    release = next(pending, None)
     misses = hits = tokens = evictions = 0
     for i, access in enumerate(trace):
+        while release is not None and release[0] <= i:
+            holds[release[1]] = max(holds.get(release[1], 0) - 1, 0)   # (a prefetch's release: no access)
+            release = next(pending, None)
         key = access.key
         if key in resident:
             hits += 1
@@ -97,16 +109,32 @@ def belady(accesses: Sequence[Access | Hashable], capacity_blocks: int,
             misses += 1
             tokens += access.tokens
             capacity = capacity_blocks if rooms is None else min(capacity_blocks, rooms[i])
-            while len(resident) > max(capacity - 1, 0):
-                neg_use, _, victim = heapq.heappop(heap)
-                if resident.get(victim) == -neg_use:
-                    del resident[victim]
-                    evictions += 1
+            evictions += _evict_furthest(resident, heap, holds, max(capacity - 1, 0))
             if capacity <= 0:
                 continue
+        if releases is not None:
+            holds[key] = holds.get(key, 0) + 1
         resident[key] = nxt[i]
         heapq.heappush(heap, (-nxt[i], i, key))
     return BeladyResult(misses, hits, tokens, evictions)
+
+
+def _evict_furthest(resident: dict, heap: list, holds: dict, keep: int) -> int:
+    """Evict unheld residents, furthest next use first, until `keep` remain (or only held ones)."""
+    evicted, held = 0, []
+    while len(resident) > keep and heap:
+        entry = heapq.heappop(heap)
+        victim = entry[2]
+        if resident.get(victim) != -entry[0]:
+            continue                                  # stale: used again since
+        if holds.get(victim, 0) > 0:
+            held.append(entry)
+            continue
+        del resident[victim]
+        evicted += 1
+    for entry in held:
+        heapq.heappush(heap, entry)
+    return evicted
 
 
 def simulate_lru(accesses: Sequence[Access | Hashable], capacity_blocks: int) -> BeladyResult:

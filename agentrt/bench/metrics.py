@@ -6,7 +6,8 @@ Conventions:
 * JCT ratio "a vs b" = b's mean JCT / a's mean JCT: > 1 means `a` finishes programs faster.
 * Bélády ratio = the policy's recomputed blocks / Bélády MIN's recomputed blocks on the policy's
   own recorded access log at the same capacity, less what running requests held as unfinished KV at
-  each access (None, printed "—", when MIN recomputes nothing).
+  each access, and unable to evict a block a running request holds (None when MIN recomputes
+  nothing: printed "=" when the policy does not either, "∞" when it does).
 * Recomputed = a full block computed again after it was evicted (the pool's
   `stats_recomputed_blocks`); MIN's recomputes = its misses minus the log's distinct blocks
   (the first computation of every block is compulsory for any policy). A preempted request's full
@@ -61,13 +62,15 @@ class RunRecord:
 
 
 def belady_recomputes(access_log: Sequence[Hashable], capacity_blocks: int,
-                      rooms: Sequence[int] | None = None) -> tuple[int, int]:
+                      rooms: Sequence[int] | None = None,
+                      releases: Sequence[tuple[int, Hashable]] | None = None) -> tuple[int, int]:
     """(MIN's recomputed blocks, distinct blocks) on a recorded access log at `capacity_blocks`,
-    capped access by access by `rooms` (the pool's `access_room`) when given."""
+    capped access by access by `rooms` (the pool's `access_room`) and with blocks held from
+    their use to their release (`release_log`) when given."""
     distinct = len(set(access_log))
     if not access_log:
         return 0, 0
-    return belady(access_log, capacity_blocks, rooms).misses - distinct, distinct
+    return belady(access_log, capacity_blocks, rooms, releases).misses - distinct, distinct
 
 
 def belady_ratio(policy_blocks: int, belady_blocks: int) -> float | None:

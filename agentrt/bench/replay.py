@@ -139,11 +139,11 @@ def replay_workload(trace: Trace, block_size: int) -> Workload:
     if not structured:
         notes.append("mooncake: no program or graph information reaches the policies")
 
-    async def drive(engine, policy: str, probe: Probe, warmup: bool = False, order: str | None = None):
+    async def drive(engine, policy: str, probe: Probe, warmup: bool = False, options: dict | None = None):
         programs = trace.programs[:WARMUP_PROGRAMS] if warmup else trace.programs
         aengine = AsyncLLMEngine(engine)
         engine.stream_text = False
-        rt = Runtime(aengine, policy=policy, order=order)
+        rt = Runtime(aengine, policy=policy, **(options or {}))
         probe.attach(rt)
         try:
             start = probe.start()

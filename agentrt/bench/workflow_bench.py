@@ -90,13 +90,16 @@ class Workload:
 # ------------------------------------------------------------------------------------------ harness
 class Harness:
     """The weights, loaded once, and a fresh engine per run (the same engine settings for every
-    policy; `program_order` is how continuum and agentrt order programs: FCFS or "las")."""
+    policy; how continuum and agentrt schedule programs: `program_order`, `max_programs`)."""
 
     def __init__(self, model: str, *, dtype: str = "auto", threads: int | None = None, block_size: int = 16,
-                 seed: int = 0, host_tokens: int = 0, max_num_seqs: int = 64, program_order: str = "program"):
+                 seed: int = 0, host_tokens: int = 0, max_num_seqs: int = 64, program_order: str = "program",
+                 max_programs: int | None = None):
         self.model, self.dtype, self.threads, self.block_size = model, dtype, threads, block_size
         self.host_tokens, self.max_num_seqs = host_tokens, max_num_seqs
-        self.program_order = program_order      # for the policies that order by program: "program" or "las"
+        # for the policies that schedule programs (continuum, agentrt): "program" (FCFS) or "las",
+        # and a cap on the programs they run at once (None: none)
+        self.program_order, self.max_programs = program_order, max_programs
         self.loaded: LoadedModel = load_model(model, seed=seed) if model == "tiny-random-llama" else load_model(model)
         self.vocab_size = self.loaded.config.vocab_size
         self.max_positions = self.loaded.config.max_position_embeddings
@@ -119,10 +122,11 @@ class Harness:
                 warmup: bool = False) -> RunRecord:
         engine = self.engine(kv_tokens)
         probe = Probe(engine)
-        order = self.program_order if policy in PROGRAM_ORDERED else None
-        records, wall = asyncio.run(workload.drive(engine, policy, probe, warmup, order))
+        options = {"order": self.program_order, "max_programs": self.max_programs} if policy in PROGRAM_ORDERED else {}
+        records, wall = asyncio.run(workload.drive(engine, policy, probe, warmup, options))
         pool = engine.pool
-        belady_blocks, distinct = belady_recomputes(pool.access_log, pool.num_blocks, pool.access_room)
+        belady_blocks, distinct = belady_recomputes(pool.access_log, pool.num_blocks, pool.access_room,
+                                                    pool.release_log)
         return RunRecord(policy, run, wall, sorted(records, key=lambda r: r.arrival_s), pool.block_size,
                          pool.num_blocks, pool.stats_recomputed_blocks, pool.stats_evicted_blocks,
                          probe.preemptions, probe.peak_blocks, engine.num_steps, belady_blocks, distinct,
@@ -268,13 +272,13 @@ def workflow_workload(name: str, programs: int, rate: float, seed: int, *, outpu
         describe = f"{programs} coding_agent programs ({n_rounds} rounds, {out} tokens per turn)"
     compiled = wf.compile()
 
-    async def drive(engine: LLMEngine, policy: str, probe: Probe, warmup: bool = False, order: str | None = None):
+    async def drive(engine: LLMEngine, policy: str, probe: Probe, warmup: bool = False, options: dict | None = None):
         if name == "coding_agent":          # the same pauses, program by program, for every policy
             current.clear()
             current.update({pid: list(seq) for pid, seq in pauses.items()})
         aengine = AsyncLLMEngine(engine)
         engine.stream_text = False          # text is only needed at the end of a turn
-        rt = Runtime(aengine, policy=policy, order=order)
+        rt = Runtime(aengine, policy=policy, **(options or {}))
         probe.attach(rt)
         try:
             start = probe.start()

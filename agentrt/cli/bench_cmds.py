@@ -53,6 +53,8 @@ class ProgramOrder(str, enum.Enum):
 _ORDER = {ProgramOrder.fcfs: "program", ProgramOrder.las: "las"}
 OrderOpt = Annotated[ProgramOrder, typer.Option("--program-order", help="how continuum and agentrt order programs: "
                                                 "fcfs (by arrival) or las (least attained service)")]
+ProgramsCapOpt = Annotated[int | None, typer.Option("--max-programs", min=1, help="continuum and agentrt run at "
+                                                    "most this many programs at once (program-level admission)")]
 ThreadsOpt = Annotated[int, typer.Option(min=1, help="torch CPU threads")]
 PlotOpt = Annotated[Path | None, typer.Option(help="draw a timeline per policy and a JCT bar chart to this PNG")]
 SaveOpt = Annotated[Path | None, typer.Option(help="also write the JSON object to this file")]
@@ -85,6 +87,7 @@ def bench_workflows(
     threads: ThreadsOpt = 2,
     max_num_seqs: SeqsOpt = 64,
     program_order: OrderOpt = ProgramOrder.fcfs,
+    max_programs: ProgramsCapOpt = None,
     warmup: WarmupOpt = True,
     as_json: JsonOpt = False,
     plot: PlotOpt = None,
@@ -98,7 +101,8 @@ def bench_workflows(
                                  speedup=speedup)
         with err.status(f"loading {model} ..."):
             harness = Harness(model, dtype=dtype, threads=threads, seed=seed, host_tokens=kv_host_tokens,
-                              max_num_seqs=max_num_seqs, program_order=_ORDER[program_order])
+                              max_num_seqs=max_num_seqs, program_order=_ORDER[program_order],
+                              max_programs=max_programs)
         kv_device_tokens = _device_tokens(harness, kv_device_tokens, kv_device_bytes)
     settings = {"workload": workload.value, "programs": programs, "rate": rate, "output_tokens": output_tokens,
                 "rounds": rounds, "speedup": speedup, "seed": seed}
@@ -129,6 +133,7 @@ def bench_replay(
     threads: ThreadsOpt = 2,
     max_num_seqs: SeqsOpt = 64,
     program_order: OrderOpt = ProgramOrder.fcfs,
+    max_programs: ProgramsCapOpt = None,
     warmup: WarmupOpt = True,
     as_json: JsonOpt = False,
     plot: PlotOpt = None,
@@ -146,7 +151,8 @@ def bench_replay(
             raise ValueError(f"cannot tell the format of {trace.name} from its suffix; pass --format tracelab|mooncake")
         with err.status(f"loading {model} ..."):
             harness = Harness(model, dtype=dtype, threads=threads, host_tokens=kv_host_tokens,
-                              max_num_seqs=max_num_seqs, program_order=_ORDER[program_order])
+                              max_num_seqs=max_num_seqs, program_order=_ORDER[program_order],
+                              max_programs=max_programs)
         kv_device_tokens = _device_tokens(harness, kv_device_tokens, kv_device_bytes)
         loaded = load(trace, fmt, scale=scale, limit=limit, speedup=speedup, vocab=harness.vocab_size, seed=seed)
         work = replay_workload(loaded, harness.block_size)
@@ -179,7 +185,8 @@ def _run(kind: str, harness, work, names: list[str], runs: int, kv_device_tokens
     settings = {**settings, "policies": names, "runs": runs, "kv_device_tokens": result.tier_tokens,
                 "kv_host_tokens": kv_host_tokens, "tier_fraction": tier_fraction if kv_device_tokens is None else None,
                 "block_size": harness.block_size, "dtype": harness.dtype, "threads": harness.threads,
-                "max_num_seqs": harness.max_num_seqs, "program_order": harness.program_order, "warmup": warmup}
+                "max_num_seqs": harness.max_num_seqs, "program_order": harness.program_order,
+                "max_programs": harness.max_programs, "warmup": warmup}
     report = report_json(kind, harness.model, work.describe, result, settings)
     if plot is not None:
         from agentrt.bench.plot import plot_result

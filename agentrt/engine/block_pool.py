@@ -46,6 +46,7 @@ class BlockPool:
         self.stats_evicted_blocks = 0
         self.access_log: list[int] | None = None   # set to [] to record every full-block use (Belady bound)
         self.access_room: list[int] = []             # per logged use: blocks the cache could hold then
+        self.release_log: list[tuple[int, int]] = [] # (uses logged before it, hash): a holder let go
         self._ever_cached: set[int] = set()          # hashes computed at least once
         self.stats_recomputed_blocks = 0             # full blocks computed again after an eviction
         self.host = host
@@ -134,6 +135,8 @@ class BlockPool:
             if block.ref_count <= 0:
                 raise AssertionError(f"double free of {block}")
             block.ref_count -= 1
+            if self.access_log is not None and block.block_hash is not None:
+                self.release_log.append((len(self.access_log), block.block_hash))
             if block.ref_count:
                 continue
             if block.block_hash is None:
@@ -153,8 +156,9 @@ class BlockPool:
             policy.add(block)
 
     def record_accesses(self) -> None:
-        """Start (or restart) logging every full-block use and the cache's room at that use."""
-        self.access_log, self.access_room = [], []
+        """Start (or restart) logging every full-block use, the cache's room at that use, and every
+        release of a cached block by a holder."""
+        self.access_log, self.access_room, self.release_log = [], [], []
 
     def note_use(self, blocks: Sequence[Block], reader: tuple | None) -> None:
         """Record who read or wrote these cached blocks (for next-use ranking) and, when logging,

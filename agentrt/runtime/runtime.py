@@ -40,14 +40,15 @@ class Runtime:
     engine queues requests and shares each step's token budget: "request" (FCFS), "program" (FCFS
     by program arrival) or "las" (least attained service by program); None: the policy's own
     (program for continuum and agentrt, request otherwise). `admission` (off by default) starts a
-    program only when the device tier can hold it beside the running ones, oldest first.
+    program only when the device tier can hold it beside the running ones, oldest first;
+    `max_programs` (which implies admission) also caps how many programs run at once.
     One failing program never stops the others; `cancel()` stops one and frees its KV blocks.
     """
 
     def __init__(self, engine: str | LLMEngine | AsyncLLMEngine = "smollm2-135m", *,
                  trace: str | Path | None = None, on_event: Iterable[EventSink] = (),
                  policy: str | None = None, order: str | None = None, admission: bool = False,
-                 **engine_config: Any):
+                 max_programs: int | None = None, **engine_config: Any):
         if engine_config and not isinstance(engine, str):
             raise TypeError("engine_config applies only when the engine is given as a model name")
         # The runtime closes only the engine it made: a given async engine (or any object with its
@@ -69,15 +70,15 @@ class Runtime:
         if order is not None:
             self._set_order(order)
         self.admission = None
-        if admission:
-            self.admission = self._install_admission()
+        if admission or max_programs is not None:
+            self.admission = self._install_admission(max_programs)
 
-    def _install_admission(self):
+    def _install_admission(self, max_programs: int | None):
         from agentrt.sched.admission import AdmissionGate
         pool = getattr(getattr(self.engine, "engine", None), "pool", None)
         if pool is None:
             raise TypeError("program admission needs an agentrt engine (LLMEngine or AsyncLLMEngine)")
-        gate = AdmissionGate(pool.num_blocks * pool.block_size)
+        gate = AdmissionGate(pool.num_blocks * pool.block_size, max_programs=max_programs)
         self.sinks.append(gate)
         return gate
 

@@ -6,6 +6,10 @@ each other; admitting what fits finishes programs in waves, each with its cache 
 A program's footprint is the KV it keeps live at its peak: its largest agent context (prompt plus
 output of one turn) times the most turns it had in flight at once (fan-out branches). Before any
 program of a workflow has finished, the largest footprint seen so far among running ones stands in.
+
+`max_programs` also caps how many programs run at once: on a compute-bound device, sharing every
+step among all programs makes each step slow for everyone; a few programs at a time finish sooner
+on average, as long as their turns still fill the batch.
 """
 from __future__ import annotations
 
@@ -14,8 +18,12 @@ from collections import defaultdict
 
 
 class AdmissionGate:
-    def __init__(self, capacity_tokens: int, *, headroom: float = 1.0, first_guess: float = 0.2):
+    def __init__(self, capacity_tokens: int, *, headroom: float = 1.0, first_guess: float = 0.2,
+                 max_programs: int | None = None):
+        if max_programs is not None and max_programs < 1:
+            raise ValueError(f"max_programs must be >= 1 (None: no cap), got {max_programs}")
         self.capacity = capacity_tokens * headroom
+        self.max_programs = max_programs
         self.first_guess = capacity_tokens * first_guess   # a workflow never seen: a quarter of the tier
         self.active: dict[str, str] = {}                  # program -> workflow
         self.footprint: dict[str, float] = defaultdict(float)
@@ -36,6 +44,8 @@ class AdmissionGate:
     def _fits(self, workflow: str) -> bool:
         if not self.active:
             return True                                   # always let one program run
+        if self.max_programs is not None and len(self.active) >= self.max_programs:
+            return False
         held = sum(max(self.footprint[p], self.estimate(w)) for p, w in self.active.items())
         return held + self.estimate(workflow) <= self.capacity
 

@@ -38,7 +38,7 @@ class RankedPolicy(EvictionPolicy):
     def __init__(self, table: ProgramTable, clock=time.monotonic):
         self.table, self.clock = table, clock
         self._leaves: dict[int, Block] = {}
-        self._heap: list[tuple[float, int, int, Block]] = []
+        self._heap: list[tuple] = []                # (rank, last access, block id, block)
         self._built_at = self._valid_until = -math.inf
         self._built_version = -1
         self._memo: dict = {}
@@ -66,7 +66,7 @@ class RankedPolicy(EvictionPolicy):
         """When ranks computed at `now` stop holding by themselves (beyond the refresh window)."""
         return math.inf
 
-    def _entry(self, block: Block, now: float) -> tuple[float, int, int, Block]:
+    def _entry(self, block: Block, now: float) -> tuple:
         return (self.rank(block, now, self._memo), block.last_access, block.block_id, block)
 
     def pop(self) -> Block:
@@ -86,8 +86,8 @@ class RankedPolicy(EvictionPolicy):
         self._valid_until = -math.inf              # every entry was stale: rank afresh
         return self.pop()
 
-    def rank(self, block: Block, now: float, memo: dict) -> float:
-        """Smaller is evicted first."""
+    def rank(self, block: Block, now: float, memo: dict):
+        """Smaller is evicted first (a float, or a tuple of floats)."""
         raise NotImplementedError
 
 
@@ -125,15 +125,20 @@ class KVFlowPolicy(RankedPolicy):
 
 class AgentrtPolicy(RankedPolicy):
     """Expected seconds until the block is read again (a paused program's remaining tool time,
-    predicted, plus a turn's time per step to go); the latest-needed leaf goes first."""
+    predicted, plus a turn's time per step to go); the latest-needed leaf goes first. Equal
+    estimates (programs in step with each other) go by program arrival, newest first: under
+    program order the engine serves the newest program last, so its blocks are needed last."""
 
-    def rank(self, block: Block, now: float, memo: dict) -> float:
-        best = INF
+    def rank(self, block: Block, now: float, memo: dict) -> tuple[float, float]:
+        best, arrival = INF, -INF
         for reader in block.readers:
             if reader not in memo:
-                memo[reader] = self.table.eta(*reader, now)
-            best = min(best, memo[reader])
-        return -best
+                entry = self.table.entries.get(reader[0])
+                memo[reader] = (self.table.eta(*reader, now), entry.arrival if entry is not None else INF)
+            eta, arrived = memo[reader]
+            if eta < best or (eta == best and arrived < arrival):
+                best, arrival = eta, arrived
+        return -best, -arrival
 
 
 class TTLPinner:
