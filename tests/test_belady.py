@@ -131,7 +131,7 @@ def optimal_misses_with_rooms(keys: tuple[Hashable, ...], capacity: int, rooms: 
             k = pending.pop(0)[1]
             holds[k] = max(holds.get(k, 0) - 1, 0)
         held_at.append(frozenset(k for k, n in holds.items() if n > 0))
-        if releases is not None and min(capacity, rooms[i]) > 0:
+        if releases is not None:
             holds[key] = holds.get(key, 0) + 1
 
     @lru_cache(maxsize=None)
@@ -190,7 +190,6 @@ def test_min_with_holds_is_optimal(data, trace, capacity):
     n = len(trace)
     rooms = data.draw(st.lists(st.integers(0, 4), min_size=n, max_size=n))
     ends = [data.draw(st.integers(i + 1, n + 1)) for i in range(n)]      # n + 1: never released
-    releases = tuple(sorted(((e, trace[i]) for i, e in enumerate(ends) if e <= n and min(capacity, rooms[i]) > 0),
-                            key=lambda r: r[0]))
+    releases = tuple(sorted(((e, trace[i]) for i, e in enumerate(ends) if e <= n), key=lambda r: r[0]))
     got = belady(trace, capacity, rooms, releases).misses
     assert got == optimal_misses_with_rooms(tuple(trace), capacity, tuple(rooms), releases)

@@ -99,6 +99,7 @@ def belady(accesses: Sequence[Access | Hashable], capacity_blocks: int,
     release = next(pending, None)
     misses = hits = tokens = evictions = 0
     for i, access in enumerate(trace):
+        capacity = capacity_blocks if rooms is None else min(capacity_blocks, rooms[i])
         while release is not None and release[0] <= i:
             holds[release[1]] = max(holds.get(release[1], 0) - 1, 0)   # (a prefetch's release: no access)
             release = next(pending, None)
@@ -108,14 +109,12 @@ def belady(accesses: Sequence[Access | Hashable], capacity_blocks: int,
         else:
             misses += 1
             tokens += access.tokens
-            capacity = capacity_blocks if rooms is None else min(capacity_blocks, rooms[i])
             evictions += _evict_furthest(resident, heap, holds, max(capacity - 1, 0))
-            if capacity <= 0:
-                continue
         if releases is not None:
             holds[key] = holds.get(key, 0) + 1
-        resident[key] = nxt[i]
-        heapq.heappush(heap, (-nxt[i], i, key))
+        if key in resident or capacity > 0:
+            resident[key] = nxt[i]
+            heapq.heappush(heap, (-nxt[i], i, key))
     return BeladyResult(misses, hits, tokens, evictions)
 
 
