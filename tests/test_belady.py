@@ -29,17 +29,7 @@ def fifo_misses(keys: Sequence[Hashable], capacity: int) -> int:
 
 def optimal_misses(keys: tuple[Hashable, ...], capacity: int) -> int:
     """Exhaustive search over every eviction choice (demand paging, tiny traces only)."""
-    @lru_cache(maxsize=None)
-    def best(i: int, resident: frozenset) -> int:
-        if i == len(keys):
-            return 0
-        key = keys[i]
-        if key in resident:
-            return best(i + 1, resident)
-        if len(resident) < capacity:
-            return 1 + best(i + 1, resident | {key})
-        return 1 + min(best(i + 1, (resident - {v}) | {key}) for v in resident)
-    return best(0, frozenset())
+    return optimal_misses_with_rooms(keys, capacity, (capacity,) * len(keys))
 
 
 def test_textbook_sequence():

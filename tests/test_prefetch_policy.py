@@ -66,3 +66,24 @@ def test_agentrt_swaps_only_blocks_a_live_program_will_read():
     assert decide(a) and not decide(b) and not decide(c)
     b.readers[("live", "coder")] = 2                          # a shared block: one live reader is enough
     assert decide(b)
+    # cost-aware: a round trip dearer than computing the block again is never worth it
+    slow_link = worth_swapping(table, copy_seconds=0.02, recompute_seconds=0.03)
+    assert not slow_link(a) and not slow_link(b)
+    fast_link = worth_swapping(table, copy_seconds=0.001, recompute_seconds=0.03)
+    assert fast_link(a) and not fast_link(c)
+
+
+def test_block_costs_on_the_engine(tiny_loaded):
+    """The runtime prices one block of the real engine: its bytes at host-copy speed vs its tokens'
+    prefill; on every machine we run on the copy is far cheaper."""
+    from agentrt.sched.policies import HOST_COPY_BYTES_PER_SECOND, block_costs
+    engine = LLMEngine(tiny_loaded, EngineConfig(kv_cache_tokens=256, host_kv_tokens=256))
+    cfg = tiny_loaded.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    assert engine.runner.block_bytes == cfg.num_hidden_layers * 2 * 16 * cfg.num_key_value_heads * head_dim * 4
+    costs = block_costs(engine.runner.block_bytes, 16)
+    assert costs["copy_seconds"] == engine.runner.block_bytes / HOST_COPY_BYTES_PER_SECOND
+    assert 2 * costs["copy_seconds"] < costs["recompute_seconds"]
+    rt = Runtime(engine, policy="agentrt")
+    assert engine.pool.swap_filter is not None
+    asyncio.run(rt.close())

@@ -131,11 +131,11 @@ def replay_workload(trace: Trace, block_size: int) -> Workload:
     working_set, longest = trace_footprint(trace, block_size)
     first_arrival = min(p.rounds[0].arrival_s or 0.0 for p in trace.programs)
     last_arrival = max(p.rounds[0].arrival_s or 0.0 for p in trace.programs) - first_arrival
-    unit = "sessions" if structured else "requests"
-    describe = f"{len(trace.programs)} {unit} ({trace.num_requests()} rounds) of {trace.name}"
-    notes = [f"trace {trace.name} ({trace.format}): {len(trace.programs)} {unit}, {trace.num_requests()} requests, "
-             f"{trace.total_prompt_tokens()} prompt + {trace.total_output_tokens()} output tokens, "
-             f"arrivals over {last_arrival:.1f} s", *trace.notes]
+    count = f"{len(trace.programs)} sessions ({trace.num_requests()} rounds)" if structured else \
+        f"{trace.num_requests()} requests"
+    describe = f"{count} of {trace.name}"
+    notes = [f"trace {trace.name} ({trace.format}): {count}, {trace.total_prompt_tokens()} prompt + "
+             f"{trace.total_output_tokens()} output tokens, arrivals over {last_arrival:.1f} s", *trace.notes]
     if not structured:
         notes.append("mooncake: no program or graph information reaches the policies")
 

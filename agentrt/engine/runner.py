@@ -64,6 +64,7 @@ class ModelRunner:
         # the host tier, slot-major; pinned on CUDA so copies are direct DMA
         self.host_kv = torch.zeros(host_slots, cfg.num_hidden_layers, 2, block_size, n_kv, model.head_dim, dtype=dtype,
                                    pin_memory=device.type == "cuda") if host_slots else None
+        self.block_bytes = self.kv_cache[:, :, 0].nbytes      # one block's K and V over all layers
         self.sampler = Sampler()
 
     @torch.inference_mode()

@@ -83,7 +83,7 @@ class Runtime:
         return gate
 
     def _install_policy(self, name: str):
-        from agentrt.sched.policies import PREFETCHING, PROGRAM_ORDERED, make_policy, worth_swapping
+        from agentrt.sched.policies import PREFETCHING, PROGRAM_ORDERED, block_costs, make_policy, worth_swapping
         from agentrt.sched.prefetch import NextAgentPrefetcher
         from agentrt.sched.program_table import ProgramTable
         pool = getattr(getattr(self.engine, "engine", None), "pool", None)
@@ -93,7 +93,8 @@ class Runtime:
         eviction, sinks = make_policy(name, table)
         pool.set_policy(eviction)
         if name == "agentrt":
-            pool.swap_filter = worth_swapping(table)
+            runner = self.engine.engine.runner
+            pool.swap_filter = worth_swapping(table, **block_costs(runner.block_bytes, pool.block_size))
         if name in PREFETCHING:
             self.sinks.append(NextAgentPrefetcher(self, timed=name == "agentrt", predictor=table.predictor))
         self._set_order("program" if name in PROGRAM_ORDERED else "request")

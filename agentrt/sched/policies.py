@@ -23,6 +23,8 @@ from agentrt.engine.eviction import EvictionPolicy, LRUPolicy
 from agentrt.sched.program_table import INF, ProgramTable
 
 POLICIES = ("lru", "continuum", "kvflow", "agentrt")
+PREFILL_SECONDS_PER_TOKEN = 1 / 600      # smollm2-135M, fp32, 2 CPU threads (`agentrt bench engine`, prefill)
+HOST_COPY_BYTES_PER_SECOND = 10e9        # a host <-> device block copy (CPU memcpy; PCIe is of the same order)
 PROGRAM_ORDERED = ("continuum", "agentrt")        # admit by program arrival, not request arrival
 PREFETCHING = ("kvflow", "agentrt")               # bring the next agents' prefixes back ahead of need
 
@@ -145,7 +147,7 @@ class TTLPinner:
     """An event sink applying Continuum's rule when a program pauses on a tool: pin its blocks
     for the τ that maximizes P(tool done by τ) * p(continue) * cost(losing the cache) - τ."""
 
-    def __init__(self, table: ProgramTable, *, prefill_seconds_per_token: float = 1 / 600,
+    def __init__(self, table: ProgramTable, *, prefill_seconds_per_token: float = PREFILL_SECONDS_PER_TOKEN,
                  requeue_seconds: float = 0.5):
         self.table = table
         self.prefill_seconds_per_token = prefill_seconds_per_token
@@ -164,13 +166,22 @@ class TTLPinner:
             self.table.pin(event.program, self.table.clock() + ttl)
 
 
-def worth_swapping(table: ProgramTable):
-    """agentrt's swap filter: copy a victim to the host tier only if a live program will read it
-    (a copy is far cheaper than recompute on every machine we run on, but host space is not
-    free); blocks whose readers have all finished are dropped."""
+def worth_swapping(table: ProgramTable, *, copy_seconds: float = 0.0, recompute_seconds: float = 1.0):
+    """agentrt's swap filter, cost-aware: copy a victim to the host tier only if a live program
+    will read it (host space is not free) and the round trip (out now, back later: twice
+    `copy_seconds`) costs less than computing its tokens again (`recompute_seconds`); other
+    victims are dropped."""
+    cheaper = 2 * copy_seconds < recompute_seconds
+
     def decide(block: Block) -> bool:
-        return any(table.distance(pid, agent) != INF for pid, agent in block.readers)
+        return cheaper and any(table.distance(pid, agent) != INF for pid, agent in block.readers)
     return decide
+
+
+def block_costs(block_bytes: int, block_size: int) -> dict[str, float]:
+    """`worth_swapping`'s costs for one block: its copy at host-copy speed, its recompute."""
+    return {"copy_seconds": block_bytes / HOST_COPY_BYTES_PER_SECOND,
+            "recompute_seconds": block_size * PREFILL_SECONDS_PER_TOKEN}
 
 
 def make_policy(name: str, table: ProgramTable) -> tuple[EvictionPolicy, list]:
