@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from agentrt import Agent, Runtime, Workflow, tool
 from agentrt.engine import SamplingParams
-from agentrt.engine.block_pool import BlockPool, NoFreeBlocks
+from agentrt.engine.block_pool import BlockPool, NoFreeBlocks, chain_hash
 from agentrt.engine.eviction import LRUPolicy
 from agentrt.engine.request import ProgramService, Request, RequestMeta
 from agentrt.engine.scheduler import Scheduler, SchedulerConfig
@@ -289,11 +289,45 @@ def test_ties_go_to_the_least_recently_used(name):
 
 
 @pytest.mark.parametrize("name", ["continuum", "kvflow", "agentrt"])
-def test_full_ties_go_by_block_id(name):
+def test_full_ties_go_in_the_order_blocks_became_evictable(name):
     c = Case(name, 4)
     c.set(entry("A", {"writer": 1}))
     blocks = [c.leaf([("A", "writer")], 5) for _ in range(4)]
-    assert ids(c.evict_order()) == sorted(ids(blocks))
+    held = blocks[1]
+    c.pool.touch([held])                    # reused: no longer evictable ...
+    c.pool.free([held])                     # ... and evictable again, now the last to have become so
+    assert ids(c.evict_order()) == ids([blocks[0], blocks[2], blocks[3], held])
+
+
+@pytest.mark.parametrize("name", ["continuum", "kvflow", "agentrt"])
+def test_without_program_information_a_ranked_policy_evicts_exactly_as_lru(name):
+    """A Mooncake replay gives the policies no readers: every rank ties, and the victims must be
+    lru's, access times and the order blocks became evictable included."""
+    rng = random.Random(7)
+    pools = [Case("lru", 24).pool, Case(name, 24).pool]
+    contents: list[tuple[int, int]] = []
+    for step in range(400):
+        for pool in pools:
+            pool.clock = step // 3                          # several uses per clock tick
+        if contents and rng.random() < 0.4:                 # a prefix hit: reuse a cached block
+            toks = rng.choice(contents)
+            hits = [pool.match_prefix([chain_hash(None, toks)], [toks]) for pool in pools]
+            assert [ids(h) for h in hits] == [ids(hits[0])] * 2, step
+            for pool, hit in zip(pools, hits):
+                pool.touch(hit)
+                pool.free(hit)
+            continue
+        n = rng.randint(1, 3)
+        toks_list = [(step, j) for j in range(n)]
+        got = []
+        for pool in pools:
+            blocks = pool.allocate(n)                        # evicts when nothing is free
+            for block, toks in zip(blocks, toks_list):
+                pool.cache_full_block(block, None, toks)
+            pool.free(blocks)
+            got.append(ids(blocks))
+        assert got[0] == got[1], step                        # the same victims, in the same order
+        contents = [t for t in contents if chain_hash(None, t) in pools[0].cached] + toks_list
 
 
 # ------------------------------------------------------------------------------------------ leaf-first

@@ -33,20 +33,23 @@ class RankedPolicy(EvictionPolicy):
     """Evictable leaves in a dict; `pop` takes the one with the smallest `rank`. Ranks move as
     programs advance, so they are computed at eviction time: once for every leaf into a heap that
     serves the evictions of the next `REFRESH_SECONDS` (one `allocate(k)` of a step) as long as
-    the program table has not changed, with leaves added meanwhile ranked as they come."""
+    the program table has not changed, with leaves added meanwhile ranked as they come. Equal
+    ranks go exactly as under `LRUPolicy`: least recently used, then first to become evictable."""
 
     REFRESH_SECONDS = 0.005
 
     def __init__(self, table: ProgramTable, clock=time.monotonic):
         self.table, self.clock = table, clock
-        self._leaves: dict[int, Block] = {}
-        self._heap: list[tuple] = []                # (rank, last access, block id, block)
+        self._leaves: dict[int, tuple[int, Block]] = {}   # block id -> (when it became a leaf, block)
+        self._heap: list[tuple] = []                # (rank, last access, added, block)
+        self._added = 0
         self._built_at = self._valid_until = -math.inf
         self._built_version = -1
         self._memo: dict = {}
 
     def add(self, block: Block) -> None:
-        self._leaves[block.block_id] = block
+        self._added += 1
+        self._leaves[block.block_id] = (self._added, block)
         if self._fresh(self.clock()):
             heapq.heappush(self._heap, self._entry(block, self._built_at))
 
@@ -54,7 +57,7 @@ class RankedPolicy(EvictionPolicy):
         del self._leaves[block.block_id]          # its heap entry goes stale, skipped by pop
 
     def blocks(self) -> Iterator[Block]:
-        return iter(list(self._leaves.values()))
+        return iter([block for _, block in self._leaves.values()])
 
     def __len__(self) -> int:
         return len(self._leaves)
@@ -69,7 +72,7 @@ class RankedPolicy(EvictionPolicy):
         return math.inf
 
     def _entry(self, block: Block, now: float) -> tuple:
-        return (self.rank(block, now, self._memo), block.last_access, block.block_id, block)
+        return (self.rank(block, now, self._memo), block.last_access, self._leaves[block.block_id][0], block)
 
     def pop(self) -> Block:
         if not self._leaves:
@@ -78,12 +81,12 @@ class RankedPolicy(EvictionPolicy):
         if not self._fresh(now):
             self._built_at, self._built_version, self._memo = now, self.table.version, {}
             self._valid_until = min(now + self.REFRESH_SECONDS, self.expiry(now))
-            self._heap = [self._entry(b, now) for b in self._leaves.values()]
+            self._heap = [self._entry(b, now) for _, b in self._leaves.values()]
             heapq.heapify(self._heap)
         while self._heap:
-            _, access, block_id, block = heapq.heappop(self._heap)
-            if self._leaves.get(block_id) is block and block.last_access == access:
-                del self._leaves[block_id]
+            _, access, added, block = heapq.heappop(self._heap)
+            if self._leaves.get(block.block_id, (None,))[0] == added and block.last_access == access:
+                del self._leaves[block.block_id]
                 return block
         self._valid_until = -math.inf              # every entry was stale: rank afresh
         return self.pop()
