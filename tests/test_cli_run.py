@@ -121,6 +121,28 @@ def test_run_copies(runner, pair_file):
     assert "6 LLM calls" in result.stdout
 
 
+@pytest.mark.parametrize("policy", ["lru", "agentrt"])
+def test_run_under_a_chosen_policy(runner, pair_file, policy):
+    result = cli(runner, "run", pair_file, *TINY, "-n", "2", "--policy", policy)
+    assert result.exit_code == 0, result.stderr
+    assert "2/2 done, 0 failed" in result.stdout
+
+
+def test_runtime_defaults_to_the_agentrt_policy(make_engine):
+    import asyncio
+    from agentrt import Runtime
+    from agentrt.sched.policies import AgentrtPolicy
+    engine = make_engine(kv_cache_tokens=256)
+    rt = Runtime(engine)
+    assert isinstance(engine.pool.policy, AgentrtPolicy) and rt.table is not None
+    assert engine.scheduler.config.order == "program"
+    asyncio.run(rt.close())
+    plain = make_engine(kv_cache_tokens=256)
+    rt = Runtime(plain, policy=None)                 # the engine's own LRU, request order
+    assert rt.table is None and plain.scheduler.config.order == "request"
+    asyncio.run(rt.close())
+
+
 def test_run_json_is_one_object_with_summary_and_programs(runner, pair_file):
     data = run_json(runner, pair_file, "--input", '{"topic": "solar power", "count": 2}')
     assert data["workflow"] == "pair" and data["model"] == "tiny-random-llama"
@@ -227,6 +249,7 @@ def test_target_with_two_workflows_needs_an_attr(runner, tmp_path):
     (["{pair}", "--input-file", "{dir}/latin1.jsonl"], "cannot read {dir}/latin1.jsonl: 'utf-8' codec can't decode"),
     (["{pair}", "--input-file", "{dir}/empty.jsonl"], "{dir}/empty.jsonl has no inputs (one JSON object per line)"),
     (["{dir}/raises.py"], "cannot import {dir}/raises.py: RuntimeError: broken at import"),
+    (["{pair}", "--policy", "fifo"], "unknown policy 'fifo'; choose from lru, continuum, kvflow, agentrt"),
 ])
 def test_run_usage_errors_exit_2_with_one_line(runner, pair_file, tmp_path, args, message):
     (tmp_path / "bad.jsonl").write_text('{"topic": "ok"}\n{"topic": \n')

@@ -75,6 +75,8 @@ def run(
     dtype: EngineDTypeOpt = "auto",
     kv_cache_tokens: Annotated[int, typer.Option(help="KV cache size in tokens")] = 16384,
     trace: Annotated[Path | None, typer.Option(help="write every event as JSON lines to this file")] = None,
+    policy: Annotated[str, typer.Option(help="KV policy: agentrt, kvflow, continuum or lru "
+                                             "(see `agentrt bench workflows`)")] = "agentrt",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object (results and summary) to "
                                                          "stdout, nothing else")] = False,
 ) -> None:
@@ -84,6 +86,9 @@ def run(
     tokens, prefix-cache hit rate) and the output. Exit code 1 when a program failed,
     2 for bad usage (missing file, invalid workflow or input, unknown model).
     """
+    from agentrt.sched.policies import POLICIES
+    if policy not in POLICIES:
+        fail(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
     workflow = compiled_target(target)
     inputs = read_inputs(input_json, input_file, copies)
     if trace is not None:                  # a bad path is a usage error, not a traceback mid-run
@@ -101,7 +106,7 @@ def run(
     started = time.monotonic()
     with RunProgress(err, len(inputs), live) as progress:
         sinks = [] if as_json else [progress]
-        results = asyncio.run(_run_all(engine, workflow, inputs, trace, sinks))
+        results = asyncio.run(_run_all(engine, workflow, inputs, trace, sinks, policy))
     summary = summarize(results, time.monotonic() - started)
     summary["engine"] = engine.stats()
     if as_json:
@@ -113,8 +118,8 @@ def run(
         raise typer.Exit(1)
 
 
-async def _run_all(engine, workflow, inputs, trace, sinks) -> list[ProgramResult]:
-    async with Runtime(engine, trace=trace, on_event=sinks) as rt:
+async def _run_all(engine, workflow, inputs, trace, sinks, policy: str) -> list[ProgramResult]:
+    async with Runtime(engine, trace=trace, on_event=sinks, policy=policy) as rt:
         return await rt.run_many(workflow, inputs)
 
 

@@ -36,7 +36,9 @@ class Runtime:
     `engine` is a model alias or path (loaded with `engine_config`), an LLMEngine, or an
     AsyncLLMEngine. `trace` is a JSONL path; `on_event` callables receive every Event.
     `policy` (lru, continuum, kvflow, agentrt) installs a workflow-aware KV eviction policy fed
-    by a program table (`self.table`); None leaves the engine's own (LRU). `order` sets how the
+    by a program table (`self.table`); the default "auto" is agentrt on an agentrt engine and
+    nothing on other engines (test doubles, which have no KV cache); None leaves the engine's own
+    (LRU, request order). `order` sets how the
     engine queues requests and shares each step's token budget: "request" (FCFS), "program" (FCFS
     by program arrival) or "las" (least attained service by program); None: the policy's own
     (program for continuum and agentrt, request otherwise). `admission` (off by default) starts a
@@ -47,7 +49,7 @@ class Runtime:
 
     def __init__(self, engine: str | LLMEngine | AsyncLLMEngine = "smollm2-135m", *,
                  trace: str | Path | None = None, on_event: Iterable[EventSink] = (),
-                 policy: str | None = None, order: str | None = None, admission: bool = False,
+                 policy: str | None = "auto", order: str | None = None, admission: bool = False,
                  max_programs: int | None = None, **engine_config: Any):
         if engine_config and not isinstance(engine, str):
             raise TypeError("engine_config applies only when the engine is given as a model name")
@@ -66,6 +68,8 @@ class Runtime:
             self.sinks.append(self._trace)
         self.programs: dict[str, Program] = {}            # running or pending
         self._ids = itertools.count()
+        if policy == "auto":
+            policy = "agentrt" if hasattr(getattr(self.engine, "engine", None), "pool") else None
         self.table = self._install_policy(policy) if policy is not None else None
         if order is not None:
             self._set_order(order)
