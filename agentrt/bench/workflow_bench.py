@@ -34,6 +34,7 @@ from agentrt.bench.metrics import Probe, ProgramRecord, RunRecord, belady_recomp
 from agentrt.engine import EngineConfig, LLMEngine
 from agentrt.engine.async_engine import AsyncLLMEngine
 from agentrt.engine.loader import LoadedModel, load_model
+from agentrt.engine.model import kv_bytes_per_token
 from agentrt.runtime import Runtime
 from agentrt.sched.policies import POLICIES, PROGRAM_ORDERED
 
@@ -106,10 +107,8 @@ class Harness:
 
     def kv_bytes_per_token(self) -> int:
         """Device bytes one token's K and V take over all layers, at the engine's dtype."""
-        cfg, engine_cfg = self.loaded.config, EngineConfig(dtype=self.dtype)
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        dtype = engine_cfg.torch_dtype(engine_cfg.torch_device())
-        return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * dtype.itemsize
+        cfg = EngineConfig(dtype=self.dtype)
+        return kv_bytes_per_token(self.loaded.config, cfg.torch_dtype(cfg.torch_device()))
 
     def engine(self, kv_tokens: int) -> LLMEngine:
         """A fresh engine; the run's Runtime(policy=...) installs the policy and its queue order."""

@@ -94,16 +94,13 @@ def bench_workflows(
     save: SaveOpt = None,
 ) -> None:
     """The KV policies side by side on many concurrent fixed-shape programs (same inputs, fresh engine each)."""
-    from agentrt.bench.workflow_bench import Harness, parse_policies, workflow_workload
+    from agentrt.bench.workflow_bench import parse_policies, workflow_workload
     with user_errors():
         names = parse_policies(policies)
         work = workflow_workload(workload.value, programs, rate, seed, output_tokens=output_tokens, rounds=rounds,
                                  speedup=speedup)
-        with err.status(f"loading {model} ..."):
-            harness = Harness(model, dtype=dtype, threads=threads, seed=seed, host_tokens=kv_host_tokens,
-                              max_num_seqs=max_num_seqs, program_order=_ORDER[program_order],
-                              max_programs=max_programs)
-        kv_device_tokens = _device_tokens(harness, kv_device_tokens, kv_device_bytes)
+        harness, kv_device_tokens = _load_harness(model, dtype, threads, kv_host_tokens, max_num_seqs, program_order,
+                                                  max_programs, kv_device_tokens, kv_device_bytes, seed=seed)
     settings = {"workload": workload.value, "programs": programs, "rate": rate, "output_tokens": output_tokens,
                 "rounds": rounds, "speedup": speedup, "seed": seed}
     _run("workflows", harness, work, names, runs, kv_device_tokens, kv_host_tokens, tier_fraction, warmup,
@@ -141,7 +138,7 @@ def bench_replay(
 ) -> None:
     """Replay a TraceLab or Mooncake-format trace under each KV policy (synthetic ids, exact sharing)."""
     from agentrt.bench.replay import load, replay_workload
-    from agentrt.bench.workflow_bench import Harness, parse_policies
+    from agentrt.bench.workflow_bench import parse_policies
     with user_errors():
         names = parse_policies(policies)
         if not trace.is_file():
@@ -149,16 +146,23 @@ def bench_replay(
         fmt = trace_format.value if trace_format else {".csv": "tracelab", ".jsonl": "mooncake"}.get(trace.suffix)
         if fmt is None:
             raise ValueError(f"cannot tell the format of {trace.name} from its suffix; pass --format tracelab|mooncake")
-        with err.status(f"loading {model} ..."):
-            harness = Harness(model, dtype=dtype, threads=threads, host_tokens=kv_host_tokens,
-                              max_num_seqs=max_num_seqs, program_order=_ORDER[program_order],
-                              max_programs=max_programs)
-        kv_device_tokens = _device_tokens(harness, kv_device_tokens, kv_device_bytes)
+        harness, kv_device_tokens = _load_harness(model, dtype, threads, kv_host_tokens, max_num_seqs, program_order,
+                                                  max_programs, kv_device_tokens, kv_device_bytes)
         loaded = load(trace, fmt, scale=scale, limit=limit, speedup=speedup, vocab=harness.vocab_size, seed=seed)
         work = replay_workload(loaded, harness.block_size)
     settings = {"trace": str(trace), "format": fmt, "scale": scale, "limit": limit, "speedup": speedup, "seed": seed}
     _run("replay", harness, work, names, runs, kv_device_tokens, kv_host_tokens, tier_fraction, warmup,
          settings, as_json, plot, save)
+
+
+def _load_harness(model: str, dtype: str, threads: int, host_tokens: int, max_num_seqs: int, order: ProgramOrder,
+                  max_programs: int | None, device_tokens: int | None, device_bytes: str | None, *, seed: int = 0):
+    """The weights and engine settings every policy shares, and the device tier in tokens."""
+    from agentrt.bench.workflow_bench import Harness
+    with err.status(f"loading {model} ..."):
+        harness = Harness(model, dtype=dtype, threads=threads, seed=seed, host_tokens=host_tokens,
+                          max_num_seqs=max_num_seqs, program_order=_ORDER[order], max_programs=max_programs)
+    return harness, _device_tokens(harness, device_tokens, device_bytes)
 
 
 def _device_tokens(harness, tokens: int | None, size: str | None) -> int | None:

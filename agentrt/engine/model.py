@@ -13,13 +13,23 @@ from agentrt.engine.attention import AttentionMetadata, paged_attention
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
+
+def head_dim_of(config) -> int:
+    """Per-head width: the config's own, else hidden size over attention heads."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Device bytes one token's K and V take over all layers."""
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim_of(config) * dtype.itemsize
+
 def rope_tables(config, max_positions: int) -> tuple[Tensor, Tensor]:
     """cos, sin tables [max_positions, head_dim // 2], including the model's rope scaling."""
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     params = getattr(config, "rope_parameters", None) or {}
     rope_type = params.get("rope_type", "default")
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    head_dim = head_dim_of(config)
     if rope_type not in STATIC_ROPE_TYPES:
         raise ValueError(f"rope type {rope_type!r} is not supported (supported: {', '.join(STATIC_ROPE_TYPES)})")
     if rope_type == "default":
@@ -53,7 +63,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.n_heads = config.num_attention_heads
         self.n_kv = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
+        self.head_dim = head_dim_of(config)
         qkv_out = (self.n_heads + 2 * self.n_kv) * self.head_dim
         bias = bool(getattr(config, "attention_bias", False)) or config.model_type == "qwen2"
         self.qkv_proj = nn.Linear(config.hidden_size, qkv_out, bias=bias)

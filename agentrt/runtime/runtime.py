@@ -69,7 +69,7 @@ class Runtime:
         self.programs: dict[str, Program] = {}            # running or pending
         self._ids = itertools.count()
         if policy == "auto":
-            policy = "agentrt" if hasattr(getattr(self.engine, "engine", None), "pool") else None
+            policy = "agentrt" if self._agentrt_engine(None) is not None else None
         self.table = self._install_policy(policy) if policy is not None else None
         if order is not None:
             self._set_order(order)
@@ -77,11 +77,19 @@ class Runtime:
         if admission or max_programs is not None:
             self.admission = self._install_admission(max_programs)
 
+    def _agentrt_engine(self, needed_by: str | None) -> LLMEngine | None:
+        """The LLMEngine under the async engine; without one (a test double), None when
+        `needed_by` is None, else a TypeError naming what needed it."""
+        engine = getattr(self.engine, "engine", None)
+        if isinstance(engine, LLMEngine):
+            return engine
+        if needed_by is None:
+            return None
+        raise TypeError(f"{needed_by} needs an agentrt engine (LLMEngine or AsyncLLMEngine)")
+
     def _install_admission(self, max_programs: int | None):
         from agentrt.sched.admission import AdmissionGate
-        pool = getattr(getattr(self.engine, "engine", None), "pool", None)
-        if pool is None:
-            raise TypeError("program admission needs an agentrt engine (LLMEngine or AsyncLLMEngine)")
+        pool = self._agentrt_engine("program admission").pool
         gate = AdmissionGate(pool.num_blocks * pool.block_size, max_programs=max_programs)
         self.sinks.append(gate)
         return gate
@@ -90,9 +98,7 @@ class Runtime:
         from agentrt.sched.policies import PREFETCHING, PROGRAM_ORDERED, block_costs, make_policy, worth_swapping
         from agentrt.sched.prefetch import NextAgentPrefetcher
         from agentrt.sched.program_table import ProgramTable
-        pool = getattr(getattr(self.engine, "engine", None), "pool", None)
-        if pool is None:
-            raise TypeError("a KV policy needs an agentrt engine (LLMEngine or AsyncLLMEngine)")
+        pool = self._agentrt_engine("a KV policy").pool
         table = ProgramTable().attach(self)
         eviction, sinks = make_policy(name, table)
         pool.set_policy(eviction)
@@ -108,9 +114,7 @@ class Runtime:
     def _set_order(self, order: str) -> None:
         if order not in ORDERS:
             raise ValueError(f"unknown order {order!r}; choose from {', '.join(ORDERS)}")
-        scheduler = getattr(getattr(self.engine, "engine", None), "scheduler", None)
-        if scheduler is None:
-            raise TypeError("a scheduling order needs an agentrt engine (LLMEngine or AsyncLLMEngine)")
+        scheduler = self._agentrt_engine("a scheduling order").scheduler
         scheduler.config = dataclasses.replace(scheduler.config, order=order)
 
     @property
