@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean-venv
+.PHONY: demo test bench device-check clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/agentrt bench engine
+
+# on a CUDA machine (see scripts/device_check.sh for the wheels it needs carried there)
+device-check:
+	bash scripts/device_check.sh
 
 clean-venv:
 	rm -rf $(VENV)
