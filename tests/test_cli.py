@@ -191,3 +191,61 @@ def test_short_output_is_an_error_not_a_faster_figure(fake_clock):
     good.name = "agentrt"
     result = run_case([good, peer], CASES[2], [[5] * 256], runs=1, budget_s=10, log=lambda _: None)
     assert "agentrt" in result.results and "BenchError" in result.errors["fake"]   # the others' figures survive
+
+
+# ------------------------------------------------------------------- start-up: no torch for --help
+def imported_modules(importtime_log: str) -> set[str]:
+    """The modules `python -X importtime` reports (stderr lines `import time: self | total | name`)."""
+    return {line.rsplit("|", 1)[-1].strip() for line in importtime_log.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+def run_cli_process(*args: str):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-X", "importtime", "-m", "agentrt.cli", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], []])
+def test_top_level_help_and_version_import_neither_torch_nor_transformers(args):
+    done = run_cli_process(*args)
+    assert done.returncode in (0, 2), done.stderr              # no arguments: typer shows the help, exit 2
+    modules = imported_modules(done.stderr)
+    assert "agentrt.cli" in modules                            # the log is read right
+    assert not {m for m in modules if m.split(".")[0] in ("torch", "transformers")}
+    if args == ["--version"]:
+        assert done.stdout.strip() == f"agentrt {__version__}"
+    else:
+        listed = done.stdout + done.stderr
+        for command in ("models", "generate", "demo", "run", "graph", "bench"):
+            assert f" {command} " in listed, command
+
+
+def all_command_paths(group=None, prefix=()) -> list[tuple[str, ...]]:
+    import typer.main
+    group = group or typer.main.get_command(app)
+    paths = []
+    for name, command in group.commands.items():
+        paths.append((*prefix, name))
+        if hasattr(command, "commands"):
+            paths += all_command_paths(command, (*prefix, name))
+    return paths
+
+
+def test_every_subcommand_help_still_works(runner):
+    paths = all_command_paths()
+    assert {("run",), ("graph",), ("bench", "engine"), ("bench", "workflows"), ("bench", "replay")} <= set(paths)
+    for path in paths:
+        result = run(runner, *path, "--help")
+        assert result.exit_code == 0, (path, result.output)
+        assert f"Usage: agentrt {' '.join(path)}" in " ".join(result.stdout.split()), path
+
+
+def test_cli_choices_agree_with_the_modules_that_define_them():
+    from agentrt.bench.workflow_bench import WORKLOADS
+    from agentrt.cli.bench_cmds import ALL_POLICIES, WorkloadName
+    from agentrt.sched.policies import POLICIES
+
+    assert sorted(ALL_POLICIES.split(",")) == sorted(POLICIES)
+    assert sorted(w.value for w in WorkloadName) == sorted(WORKLOADS)

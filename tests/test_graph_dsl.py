@@ -867,3 +867,64 @@ def test_initial_state():
     assert "(fields: topic, questions" in str(info.value)
     with pytest.raises(ValueError, match=r"notes\.0"):
         cw.initial_state({"notes": [1.5]})
+
+
+# ------------------------------------------------------------- fan-out: unread branch-local outputs
+def fan_around(first: str) -> Workflow:
+    """plan =fan_out over questions (item q)=> [first ...] => join, which reads `notes`; the caller
+    adds the branch's steps."""
+    wf = Workflow("t", S, agents=[Agent("researcher"), Agent("writer")])
+    wf.python("plan", noop)
+    wf.llm("join", "writer", "Notes: {notes}", output="draft")
+    wf.fan_out("plan", over="questions", to=first, join="join", item="q")
+    return wf
+
+
+def test_fan_out_output_typo_is_a_compile_error_naming_the_state_field():
+    wf = fan_around("research")
+    wf.llm("research", "researcher", "Q: {q}", output="note")        # meant the reducer field `notes`
+    p = one_problem(wf)
+    assert "step 'research' runs in a fan-out and writes 'note', which is not a field of S" in p
+    assert "no later step of its branch reads, so it would be dropped at the join" in p
+    assert "did you mean 'notes'?" in p
+    assert "a name that is not a state field is branch-local: it must be read by a later step of the same branch" in p
+
+
+def test_fan_out_unread_branch_local_with_no_close_field():
+    wf = fan_around("research")
+    wf.llm("research", "researcher", "Q: {q}", output="zzz")
+    p = one_problem(wf)
+    assert "writes 'zzz', which is not a field of S" in p and "add the field to S or change output=" in p
+
+
+def test_fan_out_branch_local_read_only_before_it_is_written_is_an_error():
+    wf = fan_around("early")
+    wf.llm("early", "researcher", "Q: {q} {found}", output="notes")   # a branch name, but not written yet
+    wf.tool("lookup", lookup, {"query": "{q}"}, output="found")
+    wf.edge("early", "lookup")
+    p = one_problem(wf)
+    assert "step 'lookup' runs in a fan-out and writes 'found'" in p
+
+
+@pytest.mark.parametrize("add_reader", [
+    lambda wf: wf.llm("use", "writer", "Use {found}", output="notes"),                  # a prompt template
+    lambda wf: wf.tool("use", lookup, {"query": "more on {found}"}, output="notes"),    # a tool-argument template
+    lambda wf: wf.tool("use", lookup, {"query": lambda s: s.q}, output="notes"),        # code may read it
+    lambda wf: wf.llm("use", "writer", lambda s: f"{s.q}", output="notes"),             # code may read it
+    lambda wf: wf.python("use", noop),                                                  # code may read it
+], ids=["prompt", "tool-arg", "callable-arg", "callable-prompt", "python"])
+def test_fan_out_branch_local_read_by_a_later_step_of_the_branch_compiles(add_reader):
+    wf = fan_around("research")
+    wf.llm("research", "researcher", "Q: {q}", output="found")
+    add_reader(wf)
+    wf.edge("research", "use")
+    assert wf.compile().body_of == {"research": "plan", "use": "plan"}
+
+
+def test_fan_out_branch_local_read_by_a_router_in_the_branch_compiles():
+    wf = fan_around("research")
+    wf.llm("research", "researcher", "Q: {q}", output="found")
+    wf.llm("short", "writer", "Briefly: {q}", output="notes")
+    wf.llm("long", "writer", "At length: {q}", output="notes")
+    wf.branch("research", lambda s: "long" if len(s.found) > 100 else "short", to=["short", "long"])
+    assert wf.compile().body_of == {"research": "plan", "short": "plan", "long": "plan"}

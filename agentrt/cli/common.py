@@ -5,14 +5,16 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
 from agentrt import __version__
-from agentrt.engine import LLMEngine
+
+if TYPE_CHECKING:
+    from agentrt.engine import LLMEngine
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -74,6 +76,7 @@ def emit_json(obj: Any) -> None:
 
 
 def load_engine(model: str, **config: Any) -> LLMEngine:
+    from agentrt.engine import LLMEngine     # torch: only for the commands that run a model
     with err.status(f"loading {model} ..."):
         return LLMEngine.from_pretrained(model, **config)
 

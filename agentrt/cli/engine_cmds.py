@@ -14,7 +14,6 @@ from rich.text import Text
 
 from agentrt.cli.common import (DEFAULT_MODEL, EngineDTypeOpt, JsonOpt, ModelOpt, app, bench_app, emit_json, err,
                                 load_engine, out, user_errors)
-from agentrt.engine import MODEL_ALIASES, SamplingParams
 
 DEMO_QUESTIONS = (
     "What is the capital of France?",
@@ -32,6 +31,7 @@ class DType(str, enum.Enum):
 @app.command(epilog="Example: agentrt models --json")
 def models(as_json: JsonOpt = False) -> None:
     """List the built-in model aliases."""
+    from agentrt.engine import MODEL_ALIASES
     if as_json:
         return emit_json({"models": MODEL_ALIASES, "default": DEFAULT_MODEL})
     table = Table("name", "description")
@@ -54,6 +54,7 @@ def generate(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate answers for one or more prompts in one batch."""
+    from agentrt.engine.params import SamplingParams
     with user_errors():
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
         engine = load_engine(model, dtype=dtype)
@@ -80,6 +81,7 @@ def demo(model: ModelOpt = DEFAULT_MODEL,
          max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="most tokens per answer")] = 96,
          dtype: EngineDTypeOpt = "auto") -> None:
     """Answer a few questions with the default model in one batched call."""
+    from agentrt.engine.params import SamplingParams
     with user_errors():
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
         engine = load_engine(model, dtype=dtype)

@@ -6,16 +6,17 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from agentrt.cli.common import (DEFAULT_MODEL, EngineDTypeOpt, JsonOpt, ModelOpt, app, emit_json, err, fail,
                                 load_engine, out, user_errors)
-from agentrt.cli.display import RunProgress, output_panel, results_table, summary_line
-from agentrt.cli.target import load_workflow
-from agentrt.graph import CompiledWorkflow, WorkflowError
-from agentrt.runtime import ProgramResult, Runtime, summarize
+
+# The runtime (torch) and the DSL are imported inside the commands: `agentrt --help` needs neither.
+if TYPE_CHECKING:
+    from agentrt.graph import CompiledWorkflow
+    from agentrt.runtime import ProgramResult
 
 TargetArg = Annotated[str, typer.Argument(help="the workflow: path/to/file.py[:attr] or package.module:attr "
                                                "(attr defaults to `workflow`, or the file's only Workflow)")]
@@ -23,6 +24,8 @@ SHOWN_OUTPUTS = 3
 
 
 def compiled_target(target: str) -> CompiledWorkflow:
+    from agentrt.cli.target import load_workflow
+    from agentrt.graph import WorkflowError
     try:
         return load_workflow(target)
     except WorkflowError as exc:           # every problem, one per line
@@ -86,6 +89,8 @@ def run(
     tokens, prefix-cache hit rate) and the output. Exit code 1 when a program failed,
     2 for bad usage (missing file, invalid workflow or input, unknown model).
     """
+    from agentrt.cli.display import RunProgress
+    from agentrt.runtime import summarize
     from agentrt.sched.policies import POLICIES
     if policy not in POLICIES:
         fail(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
@@ -119,11 +124,13 @@ def run(
 
 
 async def _run_all(engine, workflow, inputs, trace, sinks, policy: str) -> list[ProgramResult]:
+    from agentrt.runtime import Runtime
     async with Runtime(engine, trace=trace, on_event=sinks, policy=policy) as rt:
         return await rt.run_many(workflow, inputs)
 
 
 def _print_results(workflow: CompiledWorkflow, results: list[ProgramResult], summary: dict, model: str) -> None:
+    from agentrt.cli.display import output_panel, results_table, summary_line
     for r in results[:SHOWN_OUTPUTS]:
         out.print(output_panel(r, workflow.output))
     if len(results) > SHOWN_OUTPUTS:

@@ -224,16 +224,18 @@ class _Checker:
                     self.problems.append(f"step {name!r}: {what} uses {{{f}}}, which is not a field of "
                                          f"{self.wf.state.__name__}{' or a branch name' if name in body_of else ''}"
                                          f" (fields: {', '.join(sorted(scope))})")
-            self._output(name, step, name in body_of)
+            self._output(name, step, body_of)
 
-    def _output(self, name: str, step: Step, in_body: bool) -> None:
-        out = step.output
+    def _output(self, name: str, step: Step, body_of: dict[str, str]) -> None:
+        out, in_body = step.output, name in body_of
         if out is None:
             return
         if out not in self.fields:
             if not in_body:
                 self.problems.append(f"step {name!r} writes {out!r}, which is not a field of "
                                      f"{self.wf.state.__name__}; add the field or change output=")
+            elif not (self._read_later_in_branch(name, out, body_of) or self._named_outside(name, out, body_of)):
+                self.problems.append(self._unread_branch_local(name, out))
             return
         reducer = self.reducers.get(out)
         if in_body and reducer is None:
@@ -244,6 +246,38 @@ class _Checker:
                 and not accepts_text(self.fields[out].annotation, reducer):
             self.problems.append(f"step {name!r} writes the model's text (str) into {out!r} "
                                  f"({_type_name(self.fields[out].annotation)}); give parse= to convert it")
+
+    def _unread_branch_local(self, name: str, local: str) -> str:
+        state = self.wf.state.__name__
+        hint = difflib.get_close_matches(local, self.fields, n=1)
+        fix = f"did you mean {hint[0]!r}?" if hint else f"add the field to {state} or change output="
+        return (f"step {name!r} runs in a fan-out and writes {local!r}, which is not a field of {state} and "
+                f"which no later step of its branch reads, so it would be dropped at the join; {fix} "
+                f"(a name that is not a state field is branch-local: it must be read by a later step of "
+                f"the same branch)")
+
+    def _read_later_in_branch(self, name: str, local: str, body_of: dict[str, str]) -> bool:
+        """Whether a step or router that runs after `name` in its fan-out branch may read `local`."""
+        later = self._later_in_branch(name, body_of)
+        if any(s in self.wf.branches for s in (name, *later)):     # a router is code: it may
+            return True
+        return any(_may_read(self.wf.steps[s], local) for s in later)
+
+    def _named_outside(self, name: str, local: str, body_of: dict[str, str]) -> bool:
+        """Whether a template outside `name`'s branch names `local`: that template is reported
+        already (the name is out of scope there), one problem for one mistake."""
+        return any(_names_in_templates(step, local) for s, step in self.wf.steps.items()
+                   if body_of.get(s) != body_of[name])
+
+    def _later_in_branch(self, name: str, body_of: dict[str, str]) -> list[str]:
+        """The steps of `name`'s fan-out branch that can run after it (itself too, in a loop)."""
+        source, seen, todo = body_of[name], [], self._successors(name)
+        while todo:
+            step = todo.pop()
+            if step not in seen and body_of.get(step) == source:
+                seen.append(step)
+                todo.extend(self._successors(step))
+        return seen
 
     def loops(self, graph: nx.DiGraph) -> frozenset:
         # The branch edges that close a loop count its rounds. A branch inside a loop, or an inner
@@ -351,6 +385,26 @@ def _templates(step: Step) -> list[tuple[str, str]]:
     if isinstance(step, ToolStep):
         return [(v, f"argument {k!r}") for k, v in step.args.items() if isinstance(v, str)]
     return []
+
+
+def _may_read(step: Step, name: str) -> bool:
+    """Whether `step` may read the scope name `name`: a template of it names it, or it runs code
+    over the scope (a Python step, a callable prompt or tool argument) that may."""
+    if isinstance(step, FunctionStep) or (isinstance(step, LLMStep) and callable(step.prompt)):
+        return True
+    if isinstance(step, ToolStep) and any(callable(v) for v in step.args.values()):
+        return True
+    return _names_in_templates(step, name)
+
+
+def _names_in_templates(step: Step, name: str) -> bool:
+    for text, _ in _templates(step):
+        try:
+            if name in template_fields(text):
+                return True
+        except ValueError:              # a malformed template is reported on its own
+            continue
+    return False
 
 
 def _type_name(annotation: Any) -> str:

@@ -1,0 +1,4 @@
+"""`python -m agentrt.cli` is the `agentrt` command."""
+from agentrt.cli import main
+
+main()
