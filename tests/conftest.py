@@ -2,8 +2,9 @@
 
 * `tiny_loaded`   the `tiny-random-llama` LoadedModel (built once per session)
 * `tiny_ref`      its transformers reference (LlamaForCausalLM with the same weights)
-* `make_engine`   factory for LLMEngine on the tiny model; every engine it made is checked for
-                  leaked KV blocks when the test ends
+* `make_engine`   factory for LLMEngine on the tiny model (EngineConfig fields, and optionally
+                  `runner=` / `clock=` parts); every engine it made is checked for leaked KV
+                  blocks when the test ends
 * `check_blocks`  the block-accounting check, to call inline after a workload
 * `ref_logits`    reference logits at the positions the engine sampled from
 * `logit_error`   max |engine - reference| logit of one RequestOutput (recorded for the summary)
@@ -144,10 +145,11 @@ def make_engine(tiny_loaded):
     At teardown, after aborting whatever is still unfinished, no engine made may leak a block."""
     engines: list[LLMEngine] = []
 
-    def make(loaded=None, **config) -> LLMEngine:
+    def make(loaded=None, *, runner=None, clock=None, **config) -> LLMEngine:
         config.setdefault("device", "cpu")
         config.setdefault("dtype", "float32")
-        engine = LLMEngine(loaded if loaded is not None else tiny_loaded, EngineConfig(**config))
+        parts = {k: v for k, v in (("runner", runner), ("clock", clock)) if v is not None}
+        engine = LLMEngine(loaded if loaded is not None else tiny_loaded, EngineConfig(**config), **parts)
         engines.append(engine)
         return engine
 

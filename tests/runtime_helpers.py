@@ -6,6 +6,7 @@
                       records every prompt and SamplingParams it was given (the tiny model's text is
                       random bytes, so it can never produce a tool call)
 * `arun(coro)`        asyncio.run
+* `sched_event(...)`  a typed scheduler event (agentrt.sched.events) from a short keyword form
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from agentrt.engine import SamplingParams
 from agentrt.engine.request import RequestOutput
 from agentrt.engine.tiny import byte_tokenizer
 from agentrt.runtime import Event
+from agentrt.sched import events as sev
 
 
 def P(n: int = 4) -> SamplingParams:
@@ -92,3 +94,20 @@ class ScriptedEngine:
 
     async def close(self) -> None:
         self.closed = True
+
+
+def sched_event(pid: str, kind: str, t: float = 0.0, loops=None, /, **d):
+    """`kind` is the user event's name (step_start, tool_end, llm_start, program_end, ...)."""
+    loops = dict(loops or {})
+    build = {
+        "step_start": lambda: sev.StepStarted(pid, d["step"], t, loops),
+        "step_end": lambda: sev.StepEnded(pid, d["step"], t, loops),
+        "tool_start": lambda: sev.ToolStarted(pid, d["tool"], d.get("step"), t, d.get("expected_duration")),
+        "tool_end": lambda: sev.ToolEnded(pid, d["tool"], d.get("step"), t, d["duration"], d.get("error")),
+        "llm_start": lambda: sev.LLMCallStarted(pid, d["request_id"], d.get("agent"), d.get("step"),
+                                                d.get("tokens_in", 0), t),
+        "llm_end": lambda: sev.LLMCallEnded(pid, d["request_id"], d.get("agent"), d.get("step"), d["tokens_in"],
+                                            d["tokens_out"], d.get("cached_tokens", 0), t),
+        "program_end": lambda: sev.ProgramEnded(pid, d["status"], t),
+    }
+    return build[kind]()

@@ -10,6 +10,7 @@ import pytest
 from agentrt import EngineConfig, LLMEngine, Runtime
 from agentrt.runtime import Event
 from agentrt.sched.admission import AdmissionGate
+from agentrt.sched.events import LLMCallEnded, LLMCallStarted
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflows"))
 import coding_agent  # noqa: E402
@@ -17,16 +18,12 @@ import coding_agent  # noqa: E402
 sys.path.pop(0)
 
 
-def llm_end(pid: str, tokens_in: int, cached: int, out: int) -> Event:
-    return Event(0.0, pid, "llm_end", {"tokens_in": tokens_in, "cached_tokens": cached, "tokens_out": out})
-
-
 def turn(gate, pid: str, context: int, width: int = 1) -> None:
     """`width` concurrent turns of `pid`, each with a context of `context` tokens."""
-    for _ in range(width):
-        gate(Event(0.0, pid, "llm_start", {}))
-    for _ in range(width):
-        gate(llm_end(pid, context - 100, 0, 100))
+    for i in range(width):
+        gate.publish(LLMCallStarted(pid, f"{pid}/{i}", "a", "s", context - 100, 0.0))
+    for i in range(width):
+        gate.publish(LLMCallEnded(pid, f"{pid}/{i}", "a", "s", context - 100, 100, 0, 0.0))
 
 
 def test_gate_admits_what_fits_oldest_first_and_learns_footprints():
@@ -130,5 +127,5 @@ def test_max_programs_must_be_positive_and_installs_the_gate(make_engine):
     with pytest.raises(ValueError, match="max_programs must be >= 1"):
         AdmissionGate(1000, max_programs=0)
     rt = Runtime(make_engine(kv_cache_tokens=256), policy="agentrt", max_programs=3)
-    assert rt.admission is not None and rt.admission.max_programs == 3 and rt.admission in rt.sinks
+    assert rt.admission is not None and rt.admission.max_programs == 3 and rt.admission is rt.scheduler.admission
     asyncio.run(rt.close())

@@ -45,17 +45,20 @@ def test_stream_yields_growing_outputs_then_finishes(async_engine):
 
 
 def test_metadata_reaches_the_scheduler(async_engine):
-    meta = RequestMeta(program_id="p7", agent_id="planner", step_id="s1", hints={"next": "writer"})
+    from agentrt.engine.observe import EngineObserver
+    meta = RequestMeta(program_id="p7", agent_id="planner", step_id="s1", program_arrival=3.5)
     seen = []
-    original = async_engine.engine.scheduler.schedule
 
-    def spy():
-        batch = original()
-        seen.extend(r.meta for r in batch.requests)
-        return batch
+    class Steps(EngineObserver):
+        def on_step(self, batch, in_use):
+            seen.extend(r.meta for r in batch.requests)
 
-    async_engine.engine.scheduler.schedule = spy
-    run(async_engine.generate([1, 2, 3], SamplingParams(max_tokens=2), meta=meta))
+    observer = Steps()
+    async_engine.add_observer(observer)
+    try:
+        run(async_engine.generate([1, 2, 3], SamplingParams(max_tokens=2), meta=meta))
+    finally:
+        async_engine.engine.remove_observer(observer)
     assert seen and all(m == meta for m in seen)
 
 

@@ -126,8 +126,8 @@ def test_bad_arguments_exit_2(runner, args, message):
 
 
 def test_replay_feeds_the_program_table():
-    """A TraceLab replay registers every session in the policy's program table under its shape's
-    workflow and emits a Program's events: the table ends with every session finished."""
+    """A TraceLab replay tells the front door about every session, with its shape's workflow as
+    the graph, in a Program's typed events: the table ends with every session finished."""
     from agentrt.bench.metrics import Probe
     from agentrt.bench.replay import load, replay_workload, shape_workflow
     from agentrt.bench.workflow_bench import Harness
@@ -143,7 +143,7 @@ def test_replay_feeds_the_program_table():
     probe = Probe(engine)
     records, wall = asyncio.run(replay_workload(trace, harness.block_size).drive(engine, "agentrt", probe))
     assert [r.status for r in records] == ["done", "done"] and wall > 0
-    entries = probe.table.entries
+    entries = probe.scheduler.table.entries
     assert set(entries) == {p.program_id for p in trace.programs} and all(e.finished for e in entries.values())
     kinds = {item[0] for item in probe.finish()}
     assert {"llm", "tool"} <= kinds
@@ -152,16 +152,18 @@ def test_replay_feeds_the_program_table():
 
 def test_a_replayed_pause_prefetches_the_next_rounds_prompt():
     """During a replayed tool pause, kvflow/agentrt's prefetcher finds the next round's prompt."""
-    from agentrt.bench.replay import _NextPrompt, _Replayed, shape_workflow
-    from agentrt.runtime import Event
+    from agentrt.bench.replay import NextRound, shape_workflow
+    from agentrt.sched.events import ProgramStarted, ToolStarted
     from agentrt.sched.prefetch import NextAgentPrefetcher
 
     asked = []
-    engine = type("E", (), {"prefetch": lambda self, ids, evict: asked.append(ids)})()
-    program = _Replayed("s0", shape_workflow(2), 0.0)
-    program.conversations["agent", ""] = _NextPrompt([5, 6, 7])
-    runtime = type("R", (), {"programs": {"s0": program}, "engine": engine, "tokenizer": None})()
-    NextAgentPrefetcher(runtime)(Event(0.0, "s0", "tool_start", {"step": "wait0", "tool": "tool_wait"}))
+    prefetcher = NextAgentPrefetcher(asked.append)
+    next_round = NextRound()
+    prefetcher.publish(ProgramStarted("s0", 0.0, 0.0, shape_workflow(2).analysis, next_round))
+    prefetcher.publish(ToolStarted("s0", "tool_wait", "wait0", 0.0))
+    assert asked == []                          # nothing known to prefetch before the first pause
+    next_round.ids = [5, 6, 7]
+    prefetcher.publish(ToolStarted("s0", "tool_wait", "wait0", 0.0))
     assert asked == [[5, 6, 7]]
 
 

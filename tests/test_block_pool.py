@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from agentrt.engine.host_tier import HostTier
 from agentrt.engine.block_pool import Block, BlockPool, FreeBlockQueue, NoFreeBlocks, chain_hash
 from agentrt.engine.eviction import LRUPolicy
 
@@ -556,20 +557,62 @@ BlockPoolMachine.TestCase.settings = settings(max_examples=150, stateful_step_co
 test_block_pool_state_machine = BlockPoolMachine.TestCase
 
 
-def test_access_log_records_the_room_left_by_unfinished_blocks():
+def test_access_recorder_sees_the_room_left_by_unfinished_blocks():
+    from agentrt.bench.metrics import AccessRecorder
     pool = BlockPool(num_blocks=8, block_size=4)
-    pool.record_accesses()
+    rec = AccessRecorder()
+    pool.add_observer(rec)
     held = pool.allocate(3)                       # unfinished KV: not hashed, not cacheable
     a = pool.allocate(1)[0]
     pool.cache_full_block(a, None, (1, 2, 3, 4))
     pool.note_use([a], None)
-    assert pool.access_log == [a.block_hash]
-    assert pool.access_room == [8 - 3]            # the 3 unhashed held blocks are out of the cache's reach
+    assert rec.access_log == [a.block_hash]
+    assert rec.access_room == [8 - 3]             # the 3 unhashed held blocks are out of the cache's reach
     pool.free(held)
     pool.note_use([a], None)
-    assert pool.access_room == [5, 8]
-    assert pool.release_log == []                 # unhashed blocks' releases are not the cache's
+    assert rec.access_room == [5, 8]
+    assert rec.release_log == []                  # unhashed blocks' releases are not the cache's
     pool.free([a])
-    assert pool.release_log == [(2, a.block_hash)]   # a holder let go after the 2 logged uses
-    pool.record_accesses()
-    assert pool.access_log == [] and pool.access_room == [] and pool.release_log == []
+    assert rec.release_log == [(2, a.block_hash)]   # a holder let go after the 2 logged uses
+    pool.remove_observer(rec)
+    pool.note_use([a], None)
+    assert rec.access_log == [a.block_hash] * 2 and pool.observers == ()
+
+
+def test_observers_hear_evictions_recomputes_swaps_and_loads():
+    from agentrt.engine.observe import EngineObserver
+
+    class Log(EngineObserver):
+        def __init__(self):
+            self.seen = []
+
+        def on_evict(self, block):
+            self.seen.append(("evict", block.token_ids))
+
+        def on_recompute(self, block_hash):
+            self.seen.append(("recompute", block_hash))
+
+        def on_swap_out(self, block, stored):
+            self.seen.append(("swap_out", block.token_ids, stored))
+
+        def on_load(self, n, prefetched):
+            self.seen.append(("load", n, prefetched))
+
+    pool = BlockPool(1, 2, host=HostTier(4))
+    log = Log()
+    pool.add_observer(log)
+    [b] = pool.allocate(1)
+    h = pool.cache_full_block(b, None, (1, 1)).block_hash
+    pool.free([b])
+    [b2] = pool.allocate(1)                       # evicts (1, 1) to the host tier
+    assert log.seen == [("evict", (1, 1)), ("swap_out", (1, 1), True)]
+    pool.free([b2])
+    loaded = pool.load_from_host([h], [(1, 1)], None)
+    assert len(loaded) == 1 and log.seen[-1] == ("load", 1, False)
+    pool.free(loaded)
+    pool.take_moves()
+    pool.reset_prefix_cache()
+    [b3] = pool.allocate(1)
+    pool.cache_full_block(b3, None, (1, 1))       # computed a second time
+    assert log.seen[-1] == ("recompute", h)
+    pool.free([b3])

@@ -16,7 +16,8 @@ from agentrt.engine import EngineConfig, LLMEngine, SamplingParams
 from agentrt.engine.block_pool import BlockPool, chain_hash
 from agentrt.engine.host_tier import HostTier
 from agentrt.engine.prefetch import finish_prefetch, plan_prefetch
-from agentrt.engine.runner import block_runs, load, swap_out
+from agentrt.engine.eviction import LRUPolicy
+from agentrt.engine.runner import ModelRunner, block_runs, load, swap_out
 
 
 def chain(blocks):
@@ -138,7 +139,7 @@ def test_swap_out_then_load_back_moves_the_kv():
 
 def test_swap_filter_decides_per_victim():
     pool = BlockPool(2, 2, host=HostTier(4))
-    pool.swap_filter = lambda block: block.token_ids == (1, 1)
+    pool.set_policy(LRUPolicy(), swap_filter=lambda block: block.token_ids == (1, 1))
     for toks in [(1, 1), (2, 2)]:
         [b] = pool.allocate(1)
         pool.cache_full_block(b, None, toks)
@@ -238,6 +239,27 @@ def test_no_host_tier_by_default(make_engine):
         EngineConfig(host_kv_tokens=8, block_size=16)
 
 
+class SlowLink:
+    """The torch runner, whose prefetch copies (host -> device) wait for `release`: a slow host link."""
+
+    def __init__(self, inner: ModelRunner, release: threading.Event):
+        self.inner, self.release = inner, release
+
+    def prefetch_copy(self, block_ids, slots) -> None:
+        self.release.wait(10)
+        self.inner.prefetch_copy(block_ids, slots)
+
+    def __getattr__(self, name):                  # everything else is the torch runner's
+        return getattr(self.inner, name)
+
+
+def slow_link(loaded, release: threading.Event):
+    """A runner factory for LLMEngine(runner=...): the tiny model's torch runner behind a slow link."""
+    return lambda layout: SlowLink(ModelRunner.build(loaded, num_blocks=layout.num_blocks, block_size=layout.block_size,
+                                                     max_positions=layout.max_model_len, dtype=torch.float32,
+                                                     device=torch.device("cpu"), host_slots=layout.host_slots), release)
+
+
 def run_evict_and_return(engine, a, b):
     """Run a, then b (which pushes a's blocks out of a 4-block device tier), then a continued."""
     first = engine.generate(a, GREEDY)[0]
@@ -290,15 +312,15 @@ def test_prefetch_brings_a_prefix_back_before_its_request(make_engine, rand_prom
     check_blocks(engine)
 
 
-def test_a_demand_load_does_not_wait_for_a_prefetch_of_the_same_blocks(make_engine, rand_prompts, check_blocks):
+def test_a_demand_load_does_not_wait_for_a_prefetch_of_the_same_blocks(make_engine, rand_prompts, check_blocks,
+                                                                       tiny_loaded):
     a, b = rand_prompts([40, 80], seed=3)
-    engine = make_engine(kv_cache_tokens=96, host_kv_tokens=1024)      # 6 blocks: room for the prefetch too
+    release = threading.Event()
+    engine = make_engine(kv_cache_tokens=96, host_kv_tokens=1024, runner=slow_link(tiny_loaded, release))   # 6 blocks
     roomy = make_engine(kv_cache_tokens=2048)
     want = run_evict_and_return(roomy, a, b)
     first = engine.generate(a, GREEDY)[0]
     engine.generate(b, GREEDY)
-    release, copy = threading.Event(), engine.prefetcher.worker._copy
-    engine.prefetcher.worker._copy = lambda plan: (release.wait(10), copy(plan))    # a slow host link
     assert engine.prefetch_now(a, evict=True) == 2
     rid = engine.add_request(a + first.token_ids + [7] * 8, GREEDY)
     engine.step()                                                              # the request loads its own copy
@@ -313,22 +335,21 @@ def test_a_demand_load_does_not_wait_for_a_prefetch_of_the_same_blocks(make_engi
     check_blocks(engine)
 
 
-def test_a_prefetch_holds_the_whole_device_prefix_under_its_blocks(make_engine, rand_prompts, check_blocks):
+def test_a_prefetch_holds_the_whole_device_prefix_under_its_blocks(make_engine, rand_prompts, check_blocks, tiny_loaded):
     """A prefetch whose chain starts with device-cached blocks (a0, a1 here; a2 is on the host)
     holds all of them while its copy is in flight, as a request would: holding only a1 left a0
     counted reclaimable (num_free too high) though it was no evictable leaf, and a child held by
     more references than its parent; the next allocation of every 'free' block then found no
     leaf to evict (IndexError in the policy)."""
     a, b, c = rand_prompts([56, 56, 6], seed=9)
-    engine = make_engine(kv_cache_tokens=96, host_kv_tokens=1024)           # 6 device blocks
+    release = threading.Event()
+    engine = make_engine(kv_cache_tokens=96, host_kv_tokens=1024, runner=slow_link(tiny_loaded, release))   # 6 blocks
     roomy = make_engine(kv_cache_tokens=2048)
     first = engine.generate(a, GREEDY)[0]
     roomy.generate(a, GREEDY)
     engine.generate(b, GREEDY)                                               # a2 goes to the host; a0, a1 stay
     roomy.generate(b, GREEDY)
     assert engine.stats()["swapped_out_blocks"] == 1 and len(engine.pool.cached) == 5
-    release, copy = threading.Event(), engine.prefetcher.worker._copy
-    engine.prefetcher.worker._copy = lambda plan: (release.wait(10), copy(plan))    # a slow host link
     engine.prefetch(a, evict=True)                                           # planned at the next step
     rid = engine.add_request(a[:32] + c, GREEDY)                             # reads a0, a1 meanwhile
     outs = {}

@@ -18,14 +18,13 @@ from agentrt import Agent, Runtime, Workflow, tool
 from agentrt.engine import SamplingParams
 from agentrt.engine.block_pool import BlockPool, NoFreeBlocks, chain_hash
 from agentrt.engine.eviction import LRUPolicy
-from agentrt.engine.request import ProgramService, Request, RequestMeta
+from agentrt.engine.request import Request, RequestMeta
 from agentrt.engine.scheduler import Scheduler, SchedulerConfig
-from agentrt.runtime import Event
 from agentrt.sched.policies import (POLICIES, AgentrtPolicy, ContinuumPolicy, KVFlowPolicy,
                                     TTLPinner, make_policy)
 from agentrt.sched.predictor import ToolPausePredictor
 from agentrt.sched.program_table import ProgramEntry, ProgramTable
-from runtime_helpers import P, ScriptedEngine, arun
+from runtime_helpers import P, ScriptedEngine, arun, sched_event
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -33,7 +32,7 @@ class FakeClock:
     def __init__(self, t: float = 1000.0):
         self.t = t
 
-    def __call__(self) -> float:
+    def now(self) -> float:
         return self.t
 
 
@@ -68,9 +67,9 @@ class Case:
             self.table.entries[e.program_id] = e
 
     def emit(self, pid: str, kind: str, /, **data) -> None:
-        """As the Runtime does: the table first, then the policy's own sinks."""
-        for sink in (self.table, *self.sinks):
-            sink(Event(0.0, pid, kind, data))
+        """As the front door does: the table first, then the policy's own parts."""
+        for part in (self.table, *self.sinks):
+            part.publish(sched_event(pid, kind, 0.0, **data))
 
     def evict_order(self, n: int | None = None) -> list:
         """Evict one block at a time (no free block is left) and return the victims in order."""
@@ -186,7 +185,7 @@ def test_ttl_pinner_cost_grows_with_the_context():
     table.entries["small"] = entry("small", {"w": 1}, turns=1, ctx=60)
     table.entries["big"] = entry("big", {"w": 1}, turns=1, ctx=6000)
     for pid in ("small", "big"):
-        pinner(Event(0.0, pid, "tool_start", {"tool": "search"}))
+        pinner.publish(sched_event(pid, "tool_start", tool="search"))
     small, big = table.entries["small"].pin_until or 0.0, table.entries["big"].pin_until or 0.0
     assert big >= 3.0 and big > small
 
@@ -479,19 +478,19 @@ def test_runtime_policy_needs_an_agentrt_engine():
     assert rt.table is None
 
 
-def test_runtime_policy_installs_table_policy_and_sinks(make_engine):
+def test_runtime_policy_installs_table_policy_and_order_through_the_engine(make_engine):
     engine = make_engine(kv_cache_tokens=256)
     rt = Runtime(engine, policy="continuum")
     assert isinstance(engine.pool.policy, ContinuumPolicy) and engine.pool.policy.table is rt.table
-    assert rt.sinks[0] is rt.table and isinstance(rt.sinks[1], TTLPinner)   # table before pinner
+    assert engine.scheduler.config.order == "program" and rt.scheduler.engine_policy.eviction is engine.pool.policy
+    assert rt.sinks == []              # the scheduler is no droppable sink: it hears typed events directly
     arun(rt.close())
 
 
 # ------------------------------------------------------------------------------------------ program order
 def req(rid: str, program_arrival: float | None, arrival: float = 0.0, n: int = 8) -> Request:
-    hints = {} if program_arrival is None else {"program_arrival": program_arrival}
     return Request(rid, list(range(1, n + 1)), SamplingParams(max_tokens=2),
-                   RequestMeta(rid.split("/")[0], "agent", "step", hints), arrival_time=arrival)
+                   RequestMeta(rid.split("/")[0], "agent", "step", program_arrival), arrival_time=arrival)
 
 
 def scheduler(order: str, max_num_seqs: int = 1) -> Scheduler:
@@ -551,41 +550,36 @@ def test_program_order_on_the_engine(order, make_engine, drain):
     params = SamplingParams(max_tokens=2, ignore_eos=True)
     for rid, arrival in (("B/1", 2.0), ("C/1", 3.0), ("A/2", 1.0)):
         engine.add_request(list(range(10, 30)), params, request_id=rid,
-                           meta=RequestMeta(rid[0], "agent", "step", {"program_arrival": arrival}))
+                           meta=RequestMeta(rid[0], "agent", "step", arrival))
     done = drain(engine)
     first = sorted(done, key=lambda rid: done[rid].metrics["arrival_time"] + done[rid].metrics["ttft_s"])
     assert first == (["A/2", "B/1", "C/1"] if order == "program" else ["B/1", "C/1", "A/2"])
 
 
 # ------------------------------------------------------------------------------------------ least attained service
-def served(rid: str, service: ProgramService, program_arrival: float, n: int = 8) -> Request:
-    r = req(rid, program_arrival, n=n)
-    r.meta.hints["program_service"] = service
-    return r
-
-
 def test_las_queues_the_least_served_program_first_and_follows_service_as_it_grows():
     s = scheduler("las")
-    heavy, light = ProgramService(tokens=500), ProgramService(tokens=20)
-    s.add(served("OLD/2", heavy, 1.0))           # older, but it has had the engine for 500 tokens
-    s.add(served("NEW/1", light, 5.0))
-    s.add(served("NEWER/1", ProgramService(tokens=20), 9.0))   # a tie on service: arrival decides
+    s.service.update({"OLD": 500, "NEW": 20, "NEWER": 20})   # OLD has had the engine for 500 tokens
+    s.add(req("OLD/2", 1.0))
+    s.add(req("NEW/1", 5.0))
+    s.add(req("NEWER/1", 9.0))                    # a tie on service: arrival decides
     assert [r.request_id for r in s.waiting] == ["NEW/1", "NEWER/1", "OLD/2"]
-    light.tokens = 900                            # NEW ran elsewhere meanwhile: the order follows
+    s.service["NEW"] = 900                        # NEW ran elsewhere meanwhile: the order follows
     batch = s.schedule()
     assert [r.request_id for r in batch.requests] == ["NEWER/1"]
     assert [r.request_id for r in s.waiting] == ["OLD/2", "NEW/1"]
 
 
-def test_las_counts_every_computed_token_into_the_programs_service():
+def test_las_counts_every_computed_token_into_the_programs_service_until_it_ends():
     s = Scheduler(SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64, order="las"), BlockPool(64, 4))
-    service = ProgramService()
-    a, b = served("P/1", service, 1.0, n=12), served("P/2", service, 1.0, n=8)
+    a, b = req("P/1", 1.0, n=12), req("P/2", 1.0, n=8)
     b.prompt_token_ids = list(range(50, 58))
     s.add(a)
     s.add(b)
     s.commit(s.schedule())
-    assert service.tokens == 12 + 8
+    assert s.service == {"P": 12 + 8}
+    s.end_program("P")
+    assert s.service == {}
 
 
 def test_runtime_order_overrides_the_policys(make_engine):

@@ -25,7 +25,8 @@ def run_sessions(loaded, policy: str, *, host_tokens: int, programs: int = 6):
 
     async def main():
         async with Runtime(engine, policy=policy) as rt:
-            prefetchers = [s for s in rt.sinks if isinstance(s, NextAgentPrefetcher)]
+            prefetchers = [rt.scheduler.prefetcher] if rt.scheduler.prefetcher is not None else []
+            assert all(isinstance(p, NextAgentPrefetcher) for p in prefetchers)
             results = await rt.run_many(wf, [{"task": f"task {i}: " + "abc " * 20} for i in range(programs)])
             return results, prefetchers
     results, prefetchers = asyncio.run(main())
@@ -85,5 +86,5 @@ def test_block_costs_on_the_engine(tiny_loaded):
     assert costs["copy_seconds"] == engine.runner.block_bytes / HOST_COPY_BYTES_PER_SECOND
     assert 2 * costs["copy_seconds"] < costs["recompute_seconds"]
     rt = Runtime(engine, policy="agentrt")
-    assert engine.pool.swap_filter is not None
+    assert rt.scheduler.engine_policy.swap_filter is not None
     asyncio.run(rt.close())

@@ -1,24 +1,22 @@
 """ProgramTable: the per-program view the KV policies read, built from runtime events.
 
-Synthetic events (hand-built `Event`s and a stand-in runtime with `.programs[pid].wf/.submitted`
-and `.sinks`) drive it through a small workflow, plan(llm) -> lookup(tool) -> write(llm) ->
+Synthetic typed events (agentrt.sched.events, with the compiled workflow's analysis as the
+program graph) drive it through a small workflow, plan(llm) -> lookup(tool) -> write(llm) ->
 review(llm); then one real run on the tiny engine under `policy="kvflow"`."""
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import Counter
-from types import SimpleNamespace
 from typing import Annotated
 
 import pytest
 from pydantic import BaseModel
 
 from agentrt import END, Agent, Runtime, Workflow, append, tool
-from agentrt.runtime import Event
+from agentrt.sched.events import ProgramStarted
 from agentrt.sched.predictor import ToolPausePredictor
 from agentrt.sched.program_table import INF, ProgramEntry, ProgramTable
-from runtime_helpers import P, arun
+from runtime_helpers import P, arun, sched_event
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -55,28 +53,26 @@ class FakeClock:
     def __init__(self, t: float = 100.0):
         self.t = t
 
-    def __call__(self) -> float:
+    def now(self) -> float:
         return self.t
 
 
 class Harness:
-    """A ProgramTable attached to a stand-in runtime, with a helper to emit events."""
+    """A ProgramTable fed typed events, with a helper that builds them from short keyword forms."""
 
     def __init__(self, wf=None, predictor=None):
         self.wf = wf or essay_workflow()
         self.clock = FakeClock()
-        self.rt = SimpleNamespace(programs={}, sinks=[])
-        self.table = ProgramTable(predictor, clock=self.clock).attach(self.rt)
-        assert self.rt.sinks == [self.table]
+        self.table = ProgramTable(predictor, clock=self.clock)
+        self.loops: Counter = Counter()              # the program's loop counts, as Program keeps them
 
     def start(self, pid: str = "p", submitted: float = 50.0) -> ProgramEntry:
-        self.rt.programs[pid] = SimpleNamespace(wf=self.wf, submitted=submitted, loop_counts=Counter())
-        self.emit(pid, "program_start", workflow=self.wf.name)
+        hints = {t.name: t.expected_duration for t in self.wf.tools.values() if t.expected_duration}
+        self.table.publish(ProgramStarted(pid, submitted, self.clock.t, self.wf.analysis, None, hints))
         return self.table.entries[pid]
 
-    def emit(self, pid: str, event: str, /, **data) -> None:
-        for sink in self.rt.sinks:
-            sink(Event(self.clock.t, pid, event, data))
+    def emit(self, pid: str, event: str, /, **d) -> None:
+        self.table.publish(sched_event(pid, event, self.clock.t, self.loops, **d))
 
     def entry(self, pid: str = "p") -> ProgramEntry:
         return self.table.entries[pid]
@@ -168,7 +164,7 @@ def test_a_used_up_loop_no_longer_counts():
         h.emit("p", "step_end", step=step)
     first = h.entry()
     assert first.steps_to_execution == {"reviewer": 0, "writer": 1}
-    h.rt.programs["p"].loop_counts[("review", "write")] += 1     # what Program._route does
+    h.loops[("review", "write")] += 1                         # what Program._route does
     h.emit("p", "step_start", step="write")
     h.emit("p", "step_end", step="write")
     h.emit("p", "step_start", step="review")
@@ -311,8 +307,7 @@ def test_program_end_finishes_the_entry():
 
 def test_events_of_unknown_programs_are_ignored():
     h = Harness()
-    h.emit("ghost", "program_start")                          # not in runtime.programs
-    h.emit("ghost", "step_start", step="plan")
+    h.emit("ghost", "step_start", step="plan")                # never started
     h.emit("ghost", "tool_start", tool="lookup_facts")
     h.emit("ghost", "program_end", status="done")
     assert h.table.entries == {}
@@ -409,9 +404,9 @@ def test_real_run_under_kvflow_fills_and_finishes_the_table(make_engine):
     async def main():
         async with Runtime(engine, policy="kvflow") as rt:
             table = rt.table
-            assert isinstance(table, ProgramTable) and table in rt.sinks
+            assert isinstance(table, ProgramTable) and rt.scheduler.table is table
 
-            def sample(event):                                # runs after the table (appended later)
+            def sample(event):                                # user sinks hear events after the scheduler
                 if event.event == "tool_start":
                     samples[event.program] = table.entries[event.program]
             rt.sinks.append(sample)

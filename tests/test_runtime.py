@@ -200,7 +200,7 @@ def test_a_failing_branch_fails_the_program_and_stops_its_siblings(engine):
 
     wf = Workflow("fanfail", Fan, on_tool_error="fail")
     wf.python("plan", lambda s: None)
-    wf.tool("search", fragile, {"q": "{q}"}, output="hits")
+    wf.tool("search", fragile, {"q": "{q}"})
     wf.python("join", lambda s: None)
     wf.fan_out("plan", over="questions", to="search", join="join", item="q")
     t0 = time.monotonic()

@@ -307,8 +307,8 @@ def test_runtime_accepts_any_engine_with_the_async_engine_interface():
     assert result.status == "done" and result.output == "plain answer"
     [c] = eng.calls
     meta = c["meta"]
-    assert (meta.program_id, meta.agent_id, meta.step_id, meta.hints["turn"]) == (result.program_id, "plain", "answer", 0)
-    assert isinstance(meta.hints["program_arrival"], float)
+    assert (meta.program_id, meta.agent_id, meta.step_id) == (result.program_id, "plain", "answer")
+    assert isinstance(meta.program_arrival, float)
     assert c["request_id"] == f"{result.program_id}/answer/0"
     assert c["prompt"].startswith("<|im_start|>system\nBe plain.<|im_end|>\n")
     assert c["prompt"].endswith("<|im_start|>user\nQuestion: What do bees make?<|im_end|>\n<|im_start|>assistant\n")
@@ -386,7 +386,8 @@ def test_an_agent_that_keeps_calling_tools_stops_at_max_turns():
     assert result.status == "done", result.error
     # three generations for the first step; the last call is not run: two tool calls
     answer_calls = [c for c in eng.calls if c["meta"].step_id == "answer"]
-    assert len(answer_calls) == 3 and [c["meta"].hints["turn"] for c in answer_calls] == [0, 1, 2]
+    assert len(answer_calls) == 3 and [e.data["turn"] for e in rec.of("llm_start") if e.data["step"] == "answer"] \
+        == [0, 1, 2]
     warnings = rec.of("warning")
     assert warnings[0].data["step"] == "answer" and warnings[0].data["agent"] == "looper"
     assert "max_turns=3" in warnings[0].data["message"]

@@ -16,14 +16,13 @@ Conventions:
 from __future__ import annotations
 
 import statistics
-import time
 from collections import defaultdict, deque
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from agentrt.bench.belady import belady
-from agentrt.engine.eviction import EvictionPolicy
+from agentrt.engine.observe import EngineObserver
 from agentrt.runtime.events import quantile
 
 
@@ -65,7 +64,7 @@ def belady_recomputes(access_log: Sequence[Hashable], capacity_blocks: int,
                       rooms: Sequence[int] | None = None,
                       releases: Sequence[tuple[int, Hashable]] | None = None) -> tuple[int, int]:
     """(MIN's recomputed blocks, distinct blocks) on a recorded access log at `capacity_blocks`,
-    capped access by access by `rooms` (the pool's `access_room`) and with blocks held from
+    capped access by access by `rooms` (an AccessRecorder's `access_room`) and with blocks held from
     their use to their release (`release_log`) when given."""
     distinct = len(set(access_log))
     if not access_log:
@@ -180,75 +179,67 @@ def evaluate_targets(workload: str, medians: dict[str, dict[str, Any]]) -> list[
 
 
 # ------------------------------------------------------------------------------------------ probe
-class _RecordingPolicy(EvictionPolicy):
-    """Wraps a run's eviction policy to report every victim (with the programs that read it)."""
+class AccessRecorder(EngineObserver):
+    """The block-access trace Bélády's bound is computed on: every full-block use with the room
+    the cache had then, and every release of a cached block by a holder (at its place in the log)."""
 
-    def __init__(self, inner: EvictionPolicy, on_evict):
-        self.inner, self.on_evict = inner, on_evict
+    def __init__(self) -> None:
+        self.access_log: list[int] = []
+        self.access_room: list[int] = []
+        self.release_log: list[tuple[int, int]] = []     # (uses logged before it, hash)
 
-    def add(self, block) -> None:
-        self.inner.add(block)
+    def on_access(self, hashes, room: int) -> None:
+        self.access_log.extend(hashes)
+        self.access_room.extend([room] * len(hashes))
 
-    def remove(self, block) -> None:
-        self.inner.remove(block)
-
-    def blocks(self):
-        return self.inner.blocks()
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def pop(self):
-        block = self.inner.pop()
-        self.on_evict(block)
-        return block
+    def on_release(self, block_hash: int) -> None:
+        self.release_log.append((len(self.access_log), block_hash))
 
 
-class Probe:
-    """Watches one run of one engine: the block access log (for Bélády), device-tier blocks in use
-    after every step's allocation (the peak), preemptions, evictions (when, whose blocks), and the
-    runtime events a timeline needs. Times are seconds after `start()`.
+class Probe(AccessRecorder):
+    """Watches one run of one engine, as an engine observer and a runtime event sink: the block
+    access log (for Bélády), device-tier blocks in use after every step's allocation (the peak),
+    preemptions, evictions (when, whose blocks), and the runtime events a timeline needs. Times
+    are seconds after `start()` on the engine's clock.
 
     Timeline items: ("llm", program, t0, t1, prompt + output tokens), ("tool", program, t0, t1, 0),
     ("pin", program, t0, t1, 0) from a TTL pin to its expiry or the program's next turn, and
     ("evict", program, t, t, blocks) for evictions of blocks the program had read."""
 
     def __init__(self, engine):
-        self.engine, self.table = engine, None
-        pool = engine.pool
-        pool.record_accesses()
-        self.t0 = time.monotonic()
+        super().__init__()
+        self.clock = engine.clock
+        self.scheduler = None
+        self.t0 = self.clock.now()
         self.peak_blocks = self.preemptions = 0
         self.timeline: list[tuple] = []
         self._llm: dict[str, float] = {}
         self._tool: dict[tuple, deque] = defaultdict(deque)
         self._pin: dict[str, tuple[float, float]] = {}
         self._last_evict: dict[str, int] = {}
-        schedule = engine.scheduler.schedule
-
-        def scheduled():
-            batch = schedule()
-            self.preemptions += batch.num_preempted
-            self.peak_blocks = max(self.peak_blocks, pool.num_in_use)
-            return batch
-        engine.scheduler.schedule = scheduled
+        engine.add_observer(self)
 
     def attach(self, runtime) -> None:
-        """Subscribe to a runtime's events (after its policy's own sinks, so pins are visible) and
-        wrap the policy its pool now uses."""
-        self.table = runtime.table
-        runtime.sinks.append(self)
-        pool = self.engine.pool
-        pool.set_policy(_RecordingPolicy(pool.policy, self._evicted))
+        """Subscribe to a runtime's events; pins are read from its scheduler."""
+        self.watch(runtime.scheduler)
+        runtime.add_sink(self)
+
+    def watch(self, scheduler) -> None:
+        """Read TTL pins from this front door (None: no pins to show)."""
+        self.scheduler = scheduler
 
     def start(self) -> float:
-        self.t0 = time.monotonic()
+        self.t0 = self.clock.now()
         return self.t0
 
     def now(self) -> float:
-        return time.monotonic() - self.t0
+        return self.clock.now() - self.t0
 
-    def _evicted(self, block) -> None:
+    def on_step(self, batch, in_use: int) -> None:
+        self.preemptions += batch.num_preempted
+        self.peak_blocks = max(self.peak_blocks, in_use)
+
+    def on_evict(self, block) -> None:
         t = self.now()
         for pid in {r[0] for r in block.readers}:
             i = self._last_evict.get(pid)
@@ -269,9 +260,9 @@ class Probe:
             self.timeline.append(("llm", pid, started, t, data["tokens_in"] + data["tokens_out"]))
         elif kind == "tool_start":
             self._tool[(pid, data["tool"])].append(t)
-            entry = self.table.entries.get(pid) if self.table is not None else None
-            if entry is not None and entry.pin_until:
-                self._pin[pid] = (t, entry.pin_until - self.t0)
+            until = self.scheduler.pinned_until(pid) if self.scheduler is not None else None
+            if until:
+                self._pin[pid] = (t, until - self.t0)
         elif kind == "tool_end":
             starts = self._tool.get((pid, data["tool"]))
             self.timeline.append(("tool", pid, starts.popleft() if starts else t, t, 0))
@@ -286,5 +277,4 @@ class Probe:
     def finish(self) -> list[tuple]:
         for pid in list(self._pin):
             self._close_pin(pid, float("inf"))
-        self.engine.scheduler.__dict__.pop("schedule", None)
         return self.timeline

@@ -61,7 +61,7 @@ class AgentrtPeer(Peer):
         return [o.token_ids for o in outs]
 
     def reset(self) -> None:
-        self.engine.pool.reset_prefix_cache()
+        self.engine.reset_prefix_cache()
 
     def run_info(self) -> dict[str, Any]:
         return {"cached_prompt_tokens": self._cached_tokens}

@@ -5,13 +5,13 @@ How a trace program runs (see `agentrt.bench.traces` for the synthetic token ids
   greedy, `ignore_eos`, `max_tokens = output_len`; the pause after a round is a sleep. A round's
   prompt holds the trace's synthetic output ids, not what the model generated, so the generated
   blocks are computed and never reused (the same for every policy).
-* TraceLab (sessions are programs): the policies see the program structure exactly as they would
-  for a real `Program`. Every trace shape (number of rounds) is a small compiled workflow,
-  `turn0 -> wait0 -> turn1 -> ... -> turnN-1` (one agent, a `tool_wait` tool whose duration the
-  predictor learns online); the replay registers each session in the runtime's program table under
-  that workflow and emits the events a Program emits (program_start, step_start/end, llm_start/end,
-  tool_start/end, program_end), and its requests carry the program id and arrival (block readers,
-  program-order scheduling).
+* TraceLab (sessions are programs): the replay is a front of its own. It tells the scheduler's
+  front door (`WorkflowScheduler`) what each session does with the same typed events a Program
+  sends, with the session's shape as its graph: every trace shape (number of rounds) is a small
+  compiled workflow, `turn0 -> wait0 -> turn1 -> ... -> turnN-1` (one agent, a `tool_wait` tool
+  whose duration the predictor learns online), and the next round's prompt as what a prefetch
+  during the pause should bring back. Its requests carry the program id and arrival (block
+  readers, program-order scheduling).
 * Mooncake (each request is its own program): no graph information. Requests carry no program id
   and no events reach the policies, so the workflow-aware rankings tie everywhere and fall back to
   recency (LRU), and program order falls back to request order; only the timeline sees events.
@@ -21,7 +21,7 @@ the longest request are computed from the trace, so the warm-up only warms (its 
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,12 @@ from agentrt.bench.workflow_bench import Workload
 from agentrt.engine.async_engine import AsyncLLMEngine
 from agentrt.engine.block_pool import chain_hash
 from agentrt.engine.params import SamplingParams
-from agentrt.engine.request import ProgramService, RequestMeta
+from agentrt.engine.request import RequestMeta
 from agentrt.graph import Agent, Workflow
-from agentrt.runtime import Event, Runtime
+from agentrt.runtime import Event
+from agentrt.sched.events import (LLMCallEnded, LLMCallStarted, ProgramEnded, ProgramStarted, StepEnded,
+                                  StepStarted, ToolEnded, ToolStarted)
+from agentrt.sched.front import WorkflowScheduler
 from agentrt.tools import tool
 
 FORMATS = ("tracelab", "mooncake")
@@ -71,26 +74,16 @@ def shape_workflow(rounds: int):
     return wf.compile()
 
 
-class _Replayed:
-    """What the policies read of a Program: its workflow, submission time, and conversations
-    (here the next round's prompt, which is what a prefetch during the pause should bring back)."""
-    __slots__ = ("id", "wf", "submitted", "conversations")
-
-    def __init__(self, pid: str, wf, submitted: float):
-        self.id, self.wf, self.submitted = pid, wf, submitted
-        self.conversations: dict = {}
-
-
-class _NextPrompt:
-    """A conversation whose prompt is known token for token (the trace's next round)."""
+class NextRound:
+    """A replayed session's prompt source: the agent will send the trace's next round, token for
+    token (None before the first pause)."""
     __slots__ = ("ids",)
-    messages = (None,)
 
-    def __init__(self, ids: list[int]):
-        self.ids = ids
+    def __init__(self) -> None:
+        self.ids: list[int] | None = None
 
-    def prompt_ids(self, tokenizer) -> list[int]:
-        return self.ids
+    def prompts_of(self, agents: Collection[str]) -> list[list[int]]:
+        return [self.ids] if self.ids is not None and AGENT in agents else []
 
 
 def load(path: str | Path, fmt: str, *, scale: float, limit: int | None, speedup: float, vocab: int,
@@ -143,72 +136,73 @@ def replay_workload(trace: Trace, block_size: int) -> Workload:
         programs = trace.programs[:WARMUP_PROGRAMS] if warmup else trace.programs
         aengine = AsyncLLMEngine(engine)
         engine.stream_text = False
-        rt = Runtime(aengine, policy=policy, **(options or {}))
-        probe.attach(rt)
+        door = WorkflowScheduler(policy, kv=aengine.kv_spec, clock=aengine.clock, **(options or {}),
+                                 prefetch=lambda ids: aengine.prefetch(ids, evict=True))
+        aengine.install_policy(door.engine_policy)
+        probe.watch(door)
         try:
-            start = probe.start()
-            records = await asyncio.gather(*(_run_program(rt, aengine, probe, prog, shapes.get(len(prog.rounds)),
+            probe.start()
+            records = await asyncio.gather(*(_run_program(door if structured else None, aengine, probe, prog,
+                                                          shapes.get(len(prog.rounds)),
                                                           0.0 if warmup else (prog.rounds[0].arrival_s or 0.0)
-                                                          - first_arrival, start)
+                                                          - first_arrival)
                                              for prog in programs))
-            return list(records), time.monotonic() - start
+            return list(records), probe.now()
         finally:
-            await rt.close()
             await aengine.close()
 
     return Workload(trace.format, len(trace.programs), describe, drive, notes, working_set, longest)
 
 
-async def _run_program(rt: Runtime, aengine: AsyncLLMEngine, probe: Probe, prog, wf, arrival: float,
-                       start: float) -> ProgramRecord:
-    """One trace program: its rounds in order, pauses between them, events as a Program's."""
-    delay = arrival - (time.monotonic() - start)
+async def _run_program(door: WorkflowScheduler | None, aengine: AsyncLLMEngine, probe: Probe, prog, wf,
+                       arrival: float) -> ProgramRecord:
+    """One trace program: its rounds in order, pauses between them; typed events to the scheduler
+    (structured traces only) and the timeline's events to the probe."""
+    delay = arrival - probe.now()
     if delay > 0:
         await asyncio.sleep(delay)
-    pid, submitted, service = prog.program_id, time.monotonic(), ProgramService()
-    structured = wf is not None
+    clock, pid = aengine.clock, prog.program_id
+    submitted = clock.now()
+    publish = door.publish if door is not None else (lambda event: None)
 
-    def emit(_kind: str, **data: Any) -> None:
-        if structured:
-            rt.emit(Event(time.monotonic() - rt.t0, pid, _kind, data))
-        else:
-            probe(Event(time.monotonic() - rt.t0, pid, _kind, data))
+    def show(_kind: str, **data: Any) -> None:
+        probe(Event(probe.now(), pid, _kind, data))
 
-    if structured:
-        rt.programs[pid] = _Replayed(pid, wf, submitted)
+    next_round = NextRound()
     tokens_in = tokens_out = cached = calls = 0
     status, error = "done", None
-    emit("program_start", workflow=wf.name if structured else "request", state=None)
+    publish(ProgramStarted(pid, submitted, submitted, wf.analysis if wf is not None else None, next_round))
     try:
         for i, r in enumerate(prog.rounds):
-            step, rid, t = f"turn{i}", f"{pid}/turn{i}", time.monotonic()
-            emit("step_start", step=step, kind="llm", agent=AGENT, tool=None, lane=None)
-            emit("llm_start", step=step, agent=AGENT, request_id=rid, tokens_in=len(r.prompt_tokens), turn=0)
-            meta = RequestMeta(pid, AGENT, step, {"turn": 0, "program_arrival": submitted,
-                                                  "program_service": service}) if structured else None
+            step, rid = f"turn{i}", f"{pid}/turn{i}"
+            publish(StepStarted(pid, step, clock.now()))
+            publish(LLMCallStarted(pid, rid, AGENT, step, len(r.prompt_tokens), clock.now()))
+            show("llm_start", request_id=rid)
+            meta = RequestMeta(pid, AGENT, step, submitted) if door is not None else None
             out = await aengine.generate(r.prompt_tokens, SamplingParams(max_tokens=r.output_len, ignore_eos=True),
                                          meta=meta, request_id=rid)
             calls, tokens_in, tokens_out = calls + 1, tokens_in + len(r.prompt_tokens), tokens_out + len(out.token_ids)
             cached += out.num_cached_tokens
-            emit("llm_end", step=step, agent=AGENT, request_id=rid, tokens_in=len(r.prompt_tokens),
-                 tokens_out=len(out.token_ids), cached_tokens=out.num_cached_tokens,
-                 finish_reason=out.finish_reason, turn=0)
-            emit("step_end", step=step, duration=round(time.monotonic() - t, 6), lane=None)
+            publish(LLMCallEnded(pid, rid, AGENT, step, len(r.prompt_tokens), len(out.token_ids),
+                                 out.num_cached_tokens, clock.now()))
+            show("llm_end", request_id=rid, tokens_in=len(r.prompt_tokens), tokens_out=len(out.token_ids))
+            publish(StepEnded(pid, step, clock.now()))
             if i == len(prog.rounds) - 1:
                 break
-            step, t = f"wait{i}", time.monotonic()
-            if structured:
-                rt.programs[pid].conversations[AGENT, ""] = _NextPrompt(prog.rounds[i + 1].prompt_tokens)
-            emit("step_start", step=step, kind="tool", agent=None, tool=TOOL, lane=None)
-            emit("tool_start", step=step, tool=TOOL, expected_duration=None, arguments={"seconds": r.pause_after_s})
+            step, t = f"wait{i}", clock.now()
+            next_round.ids = prog.rounds[i + 1].prompt_tokens
+            publish(StepStarted(pid, step, t))
+            publish(ToolStarted(pid, TOOL, step, t))
+            show("tool_start", tool=TOOL)
             await asyncio.sleep(r.pause_after_s)
-            emit("tool_end", step=step, tool=TOOL, duration=round(time.monotonic() - t, 6), attempts=1, error=None)
-            emit("step_end", step=step, duration=round(time.monotonic() - t, 6), lane=None)
+            publish(ToolEnded(pid, TOOL, step, clock.now(), clock.now() - t))
+            show("tool_end", tool=TOOL)
+            publish(StepEnded(pid, step, clock.now()))
     except Exception as exc:                     # one failing program must not void the others' figures
         status, error = "failed", f"{type(exc).__name__}: {exc}"
-        emit("error", message=error)
     finally:
-        jct = time.monotonic() - submitted
-        emit("program_end", status=status, error=error, jct=round(jct, 6))
-        rt.programs.pop(pid, None)
-    return ProgramRecord(pid, status, submitted - start, jct, calls, tokens_in, tokens_out, cached, error)
+        publish(ProgramEnded(pid, status, clock.now()))
+        aengine.end_program(pid)
+        show("program_end")
+    return ProgramRecord(pid, status, submitted - probe.t0, clock.now() - submitted, calls, tokens_in, tokens_out,
+                         cached, error)

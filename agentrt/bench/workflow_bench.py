@@ -123,13 +123,13 @@ class Harness:
         probe = Probe(engine)
         options = {"order": self.program_order, "max_programs": self.max_programs} if policy in PROGRAM_ORDERED else {}
         records, wall = asyncio.run(workload.drive(engine, policy, probe, warmup, options))
-        pool = engine.pool
-        belady_blocks, distinct = belady_recomputes(pool.access_log, pool.num_blocks, pool.access_room,
-                                                    pool.release_log)
-        return RunRecord(policy, run, wall, sorted(records, key=lambda r: r.arrival_s), pool.block_size,
-                         pool.num_blocks, pool.stats_recomputed_blocks, pool.stats_evicted_blocks,
-                         probe.preemptions, probe.peak_blocks, engine.num_steps, belady_blocks, distinct,
-                         len(pool.access_log), pool.stats_loaded_blocks, probe.finish())
+        stats = engine.stats()
+        belady_blocks, distinct = belady_recomputes(probe.access_log, stats["num_blocks"], probe.access_room,
+                                                    probe.release_log)
+        return RunRecord(policy, run, wall, sorted(records, key=lambda r: r.arrival_s), stats["block_size"],
+                         stats["num_blocks"], stats["recomputed_blocks"], stats["evicted_blocks"],
+                         probe.preemptions, probe.peak_blocks, stats["steps"], belady_blocks, distinct,
+                         len(probe.access_log), stats["loaded_blocks"], probe.finish())
 
 
 @dataclass
@@ -280,18 +280,18 @@ def workflow_workload(name: str, programs: int, rate: float, seed: int, *, outpu
         rt = Runtime(aengine, policy=policy, **(options or {}))
         probe.attach(rt)
         try:
-            start = probe.start()
+            probe.start()
 
             async def one(i: int) -> ProgramRecord:
-                delay = arrivals[i] - (time.monotonic() - start)
+                delay = arrivals[i] - probe.now()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                submitted = time.monotonic() - start
+                submitted = probe.now()
                 r = await rt.submit(compiled, inputs[i], program_id=f"p{i}").result()
                 return ProgramRecord(r.program_id, r.status, submitted, r.jct, r.llm_calls, r.tokens_in,
                                      r.tokens_out, r.cached_tokens, r.error)
             records = await asyncio.gather(*(one(i) for i in range(programs)))
-            return list(records), time.monotonic() - start
+            return list(records), probe.now()
         finally:
             await rt.close()
             await aengine.close()

@@ -2,7 +2,9 @@
 
 One background task drives the engine; each step runs in a single worker thread so the event loop
 stays free. Requests and aborts from the loop are handed to that thread through queues and applied
-between steps, so the engine's state is only ever touched by one thread.
+between steps, so the engine's state is only ever touched by one thread. With `inline=True` the
+steps run on the event loop itself instead (no thread): what a virtual-time loop needs to drive
+the whole stack (see agentrt.clock).
 
 >>> engine = AsyncLLMEngine.from_pretrained("smollm2-135m")
 >>> out = await engine.generate("Hello", SamplingParams(max_tokens=16))
@@ -53,13 +55,15 @@ class RequestStream:
 
 
 class AsyncLLMEngine:
-    def __init__(self, engine: LLMEngine):
+    def __init__(self, engine: LLMEngine, *, inline: bool = False):
         self.engine = engine
+        self.inline = inline
         engine.stream_text = True
         self._streams: dict[str, RequestStream] = {}
         self._adds: deque[tuple[str, list[int], SamplingParams, RequestMeta | None]] = deque()
         self._aborts: deque[str] = deque()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentrt-engine")
+        self._ended: deque[str] = deque()          # programs that ended (applied between steps)
+        self._executor = None if inline else ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentrt-engine")
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._ids = itertools.count()
@@ -72,6 +76,26 @@ class AsyncLLMEngine:
     @property
     def tokenizer(self):
         return self.engine.tokenizer
+
+    @property
+    def clock(self):
+        return self.engine.clock
+
+    @property
+    def kv_spec(self):
+        return self.engine.kv_spec
+
+    def install_policy(self, policy) -> None:
+        """LLMEngine.install_policy; call it before the first request."""
+        self.engine.install_policy(policy)
+
+    def add_observer(self, observer) -> None:
+        """LLMEngine.add_observer; call it before the first request."""
+        self.engine.add_observer(observer)
+
+    def end_program(self, program_id: str) -> None:
+        """A program ended: the engine forgets it before its next step."""
+        self._ended.append(program_id)
 
     # ---------------------------------------------------------------- public API
     def submit(self, prompt: Prompt, params: SamplingParams | dict | None = None, *,
@@ -131,11 +155,20 @@ class AsyncLLMEngine:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._abort_all)
+        await self._in_engine(self._abort_all)
         for rid, stream in self._streams.items():
             stream.put(asyncio.CancelledError(f"request {rid} was aborted: the engine closed"))
         self._streams.clear()
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def _in_engine(self, fn):
+        """Run `fn` where the engine's state lives: inline, or on its thread."""
+        if self._executor is None:
+            result = fn()
+            await asyncio.sleep(0)             # let the programs the step woke run before the next one
+            return result
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def _abort_all(self) -> None:
         self._adds.clear()
@@ -150,14 +183,13 @@ class AsyncLLMEngine:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="agentrt-engine-loop")
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not (self._adds or self._aborts or self.engine.has_unfinished()):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             try:
-                outputs, aborted = await loop.run_in_executor(self._executor, self._step)
+                outputs, aborted = await self._in_engine(self._step)
             except Exception as exc:            # fail what was in flight, keep serving new requests
                 self._fail_all(exc)
                 continue
@@ -183,6 +215,8 @@ class AsyncLLMEngine:
             rid = self._aborts.popleft()
             self.engine.abort(rid)
             aborted.append(rid)
+        while self._ended:
+            self.engine.end_program(self._ended.popleft())
         return self.engine.step(), aborted
 
     def _fail_all(self, exc: Exception) -> None:

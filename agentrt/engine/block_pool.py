@@ -8,11 +8,14 @@ A block is in exactly one of three states:
 Cached blocks form a forest (every cached block knows its parent). Eviction removes leaves only,
 and the order among evictable leaves is the eviction policy's decision.
 
-With a host tier, an evicted leaf is swapped out (its KV copied to a host slot, unless
-`swap_filter` says drop it) and a prefix match can continue into the host tier, loading blocks
+With a host tier, an evicted leaf is swapped out (its KV copied to a host slot, unless the
+policy's swap filter says drop it) and a prefix match can continue into the host tier, loading blocks
 back. The pool only records these copies; the engine takes them (`take_moves`) after each
 schedule and runs them before the step's compute: swap-outs first (their blocks still hold the
 evicted KV), then loads. Pins keep host slots stable while a copy is pending (see host_tier).
+
+What the pool does is published to registered observers (`agentrt.engine.observe`); with none,
+nothing is published.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from collections.abc import Callable, Sequence
 from agentrt.engine.blocks import MAX_READERS, Block, FreeBlockQueue, chain_hash
 from agentrt.engine.eviction import EvictionPolicy, LRUPolicy
 from agentrt.engine.host_tier import HostEntry, HostTier, Moves
+from agentrt.engine.observe import EngineObserver
 from agentrt.engine.pool_checks import check_pool
 
 
@@ -44,13 +48,11 @@ class BlockPool:
         self.stats_hit_blocks = 0
         self.stats_queried_blocks = 0
         self.stats_evicted_blocks = 0
-        self.access_log: list[int] | None = None   # set to [] to record every full-block use (Belady bound)
-        self.access_room: list[int] = []             # per logged use: blocks the cache could hold then
-        self.release_log: list[tuple[int, int]] = [] # (uses logged before it, hash): a holder let go
+        self.observers: tuple[EngineObserver, ...] = ()
         self._ever_cached: set[int] = set()          # hashes computed at least once
         self.stats_recomputed_blocks = 0             # full blocks computed again after an eviction
         self.host = host
-        self.swap_filter: Callable[[Block], bool] | None = None   # per victim: swap out (True) or drop
+        self._swap_filter: Callable[[Block], bool] | None = None   # per victim: swap out (True) or drop
         self.prefetch_pins = 0                       # host entries pinned by prefetches in flight
         self.stats_swapped_out_blocks = 0            # victims copied to the host tier
         self.stats_dropped_blocks = 0                # victims dropped (no host tier, filtered, host full)
@@ -87,6 +89,8 @@ class BlockPool:
             block = self.free_queue.popleft()
         else:
             block = self.policy.pop()
+            for observer in self.observers:
+                observer.on_evict(block)
             self._swap_out(block)
             self._uncache(block)
             self._num_cached_free -= 1
@@ -98,14 +102,19 @@ class BlockPool:
     def _swap_out(self, block: Block) -> None:
         """Record the copy of an evicted leaf to the host tier (runs before the block is rewritten)."""
         host = self.host
-        if host is None or (self.swap_filter is not None and not self.swap_filter(block)):
+        stored = False
+        if host is None or (self._swap_filter is not None and not self._swap_filter(block)):
             self.stats_dropped_blocks += 1
-            return
-        parent_hash = block.parent.block_hash if block.parent is not None else None
-        if host.put(block.block_id, block.block_hash, parent_hash, block.token_ids, block.readers, self.clock):
-            self.stats_swapped_out_blocks += 1
-        elif host.lookup(block.block_hash, parent_hash, block.token_ids) is None:
-            self.stats_dropped_blocks += 1      # host full of pinned entries, or a collision
+        else:
+            parent_hash = block.parent.block_hash if block.parent is not None else None
+            stored = bool(host.put(block.block_id, block.block_hash, parent_hash, block.token_ids, block.readers,
+                                   self.clock))
+            if stored:
+                self.stats_swapped_out_blocks += 1
+            elif host.lookup(block.block_hash, parent_hash, block.token_ids) is None:
+                self.stats_dropped_blocks += 1      # host full of pinned entries, or a collision
+        for observer in self.observers:
+            observer.on_swap_out(block, stored)
 
     def _uncache(self, block: Block) -> None:
         if self.host is not None and self.host.pending_in:
@@ -135,8 +144,9 @@ class BlockPool:
             if block.ref_count <= 0:
                 raise AssertionError(f"double free of {block}")
             block.ref_count -= 1
-            if self.access_log is not None and block.block_hash is not None:
-                self.release_log.append((len(self.access_log), block.block_hash))
+            if self.observers and block.block_hash is not None:
+                for observer in self.observers:
+                    observer.on_release(block.block_hash)
             if block.ref_count:
                 continue
             if block.block_hash is None:
@@ -146,34 +156,37 @@ class BlockPool:
             if block.num_cached_children == 0:
                 self.policy.add(block)
 
-    def set_policy(self, policy: EvictionPolicy) -> None:
-        """Switch the eviction policy; the evictable leaves move over to it."""
+    def set_policy(self, policy: EvictionPolicy, swap_filter: Callable[[Block], bool] | None = None) -> None:
+        """Switch the eviction policy (the evictable leaves move over to it) and the swap filter
+        (None: every victim that fits goes to the host tier)."""
         leaves = list(self.policy.blocks())
         for block in leaves:
             self.policy.remove(block)
         self.policy = policy
         for block in leaves:
             policy.add(block)
+        self._swap_filter = swap_filter
 
-    def record_accesses(self) -> None:
-        """Start (or restart) logging every full-block use, the cache's room at that use, and every
-        release of a cached block by a holder."""
-        self.access_log, self.access_room, self.release_log = [], [], []
+    def add_observer(self, observer: EngineObserver) -> None:
+        self.observers = (*self.observers, observer)
+
+    def remove_observer(self, observer: EngineObserver) -> None:
+        self.observers = tuple(o for o in self.observers if o is not observer)
 
     def note_use(self, blocks: Sequence[Block], reader: tuple | None) -> None:
-        """Record who read or wrote these cached blocks (for next-use ranking) and, when logging,
-        the use itself."""
+        """Record who read or wrote these cached blocks (for next-use ranking) and publish the use."""
         if reader is not None:
             for block in blocks:
                 readers = block.readers
                 readers[reader] = self.clock
                 if len(readers) > MAX_READERS:
                     del readers[min(readers, key=readers.get)]
-        if self.access_log is not None:
+        if self.observers:
             hashes = [b.block_hash for b in blocks if b.block_hash is not None]
-            self.access_log.extend(hashes)
             # every block but those held with unfinished (unhashed) KV could serve the cache now
-            self.access_room.extend([len(self.free_queue) + len(self.cached)] * len(hashes))
+            room = len(self.free_queue) + len(self.cached)
+            for observer in self.observers:
+                observer.on_access(hashes, room)
 
     # ---------------------------------------------------------------- prefix cache
     def cache_full_block(self, block: Block, parent: Block | None, token_ids: tuple[int, ...]) -> Block:
@@ -189,6 +202,8 @@ class BlockPool:
             return block  # a hash collision: leave this block out of the cache
         if h in self._ever_cached:
             self.stats_recomputed_blocks += 1
+            for observer in self.observers:
+                observer.on_recompute(h)
         else:
             self._ever_cached.add(h)
         self._insert(block, parent, h, token_ids)
@@ -238,8 +253,18 @@ class BlockPool:
             parent = block
         for entry in entries[len(loaded):]:
             host.unpin(entry)
-        self.stats_loaded_blocks += len(loaded)
+        self.note_loaded(len(loaded), prefetched=False)
         return loaded
+
+    def note_loaded(self, n: int, *, prefetched: bool) -> None:
+        """Count (and publish) blocks that came back from the host tier."""
+        if prefetched:
+            self.stats_prefetched_blocks += n
+        else:
+            self.stats_loaded_blocks += n
+        if n:
+            for observer in self.observers:
+                observer.on_load(n, prefetched)
 
     def register_loaded(self, block: Block, parent: Block | None, entry: HostEntry) -> Block | None:
         """Cache a block whose KV is (or is about to be) the host entry's; returns the block that

@@ -7,32 +7,44 @@
 from __future__ import annotations
 
 import itertools
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from agentrt.clock import MONOTONIC, Clock
+from agentrt.engine.backend import Runner, RunnerLayout
 from agentrt.engine.block_pool import BlockPool
 from agentrt.engine.config import EngineConfig
 from agentrt.engine.detokenize import update_text
+from agentrt.engine.eviction import LRUPolicy
 from agentrt.engine.host_tier import HostTier
 from agentrt.engine.loader import LoadedModel, load_model
-from agentrt.engine.model import LlamaModel
+from agentrt.engine.observe import EngineObserver
 from agentrt.engine.params import SamplingParams
+from agentrt.engine.policy import EnginePolicy, KVSpec
 from agentrt.engine.prefetch import Prefetcher
 from agentrt.engine.request import Request, RequestMeta, RequestOutput
 from agentrt.engine.runner import ModelRunner
 from agentrt.engine.scheduler import Scheduler, SchedulerConfig
 
 Prompt = str | Sequence[int]
+RunnerFactory = Callable[[RunnerLayout], Runner]      # builds a runner for the engine's KV layout
 
 
 class LLMEngine:
-    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None):
+    """The engine, built from its parts: block pool (+ host tier), scheduler, and a runner that
+    computes batches (the torch ModelRunner unless `runner` builds another), all on one `clock`
+    (monotonic by default). A policy (`install_policy`) and observers (`add_observer`) plug in
+    through the engine's own API."""
+
+    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None, *,
+                 runner: RunnerFactory | None = None, clock: Clock = MONOTONIC,
+                 policy: EnginePolicy | None = None):
         self.config = config = config or EngineConfig()
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
+        self.clock = clock
         self.device = config.torch_device()
         self.dtype = config.torch_dtype(self.device)
         self.model_name = loaded.name
@@ -41,18 +53,21 @@ class LLMEngine:
         num_blocks = config.kv_cache_tokens // config.block_size
         model_len = min(mc.max_position_embeddings, num_blocks * config.block_size)
         self.max_model_len = min(config.max_model_len or model_len, model_len)
-        model = LlamaModel(mc, max_positions=self.max_model_len)
-        model.load_hf_state_dict(loaded.state_dict)
-        cos, sin = model.rope_cos, model.rope_sin          # fp32 tables, kept out of the dtype cast
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        self.model.rope_cos, self.model.rope_sin = cos.to(self.device), sin.to(self.device)
         host_slots = config.host_kv_tokens // config.block_size if config.enable_prefix_caching else 0
         self.pool = BlockPool(num_blocks, config.block_size, host=HostTier(host_slots) if host_slots else None)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
                                                    self.max_model_len, config.enable_prefix_caching,
                                                    config.schedule_order), self.pool)
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.dtype, self.device, host_slots)
+        if runner is None:
+            self.runner: Runner = ModelRunner.build(loaded, num_blocks=num_blocks, block_size=config.block_size,
+                                                    max_positions=self.max_model_len, dtype=self.dtype,
+                                                    device=self.device, host_slots=host_slots)
+        else:
+            self.runner = runner(RunnerLayout(num_blocks, config.block_size, host_slots, self.max_model_len))
+        self.model = getattr(self.runner, "model", None)
         self.prefetcher = Prefetcher(self.pool, self.runner) if host_slots else None
+        if policy is not None:
+            self.install_policy(policy)
         self.eos_token_ids = _eos_ids(mc, self.tokenizer)
         self.requests: dict[str, Request] = {}
         self.stream_text = False              # detokenize every step (set by streaming fronts)
@@ -88,7 +103,7 @@ class LLMEngine:
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         if rid in self.requests:
             raise ValueError(f"request id {rid!r} is already in use")
-        req = Request(rid, ids, params, meta or RequestMeta())
+        req = Request(rid, ids, params, meta or RequestMeta(), arrival_time=self.clock.now())
         self.requests[rid] = req
         self.scheduler.add(req)
         return rid
@@ -143,11 +158,11 @@ class LLMEngine:
         self.num_steps += 1
         tokens, logits, rows = self.runner.run(batch)
         self.scheduler.commit(batch)
-        if tokens is None:
+        if not tokens:
             return []
-        now = time.monotonic()
+        now = self.clock.now()
         updated = []
-        for j, token in enumerate(tokens.tolist()):
+        for j, token in enumerate(tokens):
             req = batch.requests[rows[j]]
             req.output_token_ids.append(token)
             if req.first_token_time is None:
@@ -190,8 +205,8 @@ class LLMEngine:
 
     def _finish(self, req: Request, reason: str) -> None:
         self.scheduler.finish(req, reason)
-        self.runner.sampler.forget(req.request_id)
-        req.finish_time = time.monotonic()
+        self.runner.forget(req.request_id)
+        req.finish_time = self.clock.now()
         if req.detok_offset < len(req.output_token_ids):
             update_text(self.tokenizer, req, [], final=True)
 
@@ -215,6 +230,34 @@ class LLMEngine:
 
     def chat(self, conversations: Sequence[list[dict[str, str]]], params: SamplingParams | dict | None = None) -> list[RequestOutput]:
         return self.generate([self.apply_chat_template(c) for c in conversations], params)
+
+    # ---------------------------------------------------------------- policy and observers
+    def install_policy(self, policy: EnginePolicy) -> None:
+        """Set eviction, swap filter and queue order together; call it before requests run (or
+        between steps, from the thread that steps)."""
+        self.pool.set_policy(policy.eviction if policy.eviction is not None else LRUPolicy(), policy.swap_filter)
+        self.scheduler.set_order(policy.order)
+
+    def end_program(self, program_id: str) -> None:
+        """A program ended: forget what the scheduler kept for it (its attained service)."""
+        self.scheduler.end_program(program_id)
+
+    def reset_prefix_cache(self) -> int:
+        """Drop every cached block no request holds (and the host tier's); returns how many went."""
+        return self.pool.reset_prefix_cache()
+
+    def add_observer(self, observer: EngineObserver) -> None:
+        """Publish what the pool and scheduler do to `observer` (see agentrt.engine.observe)."""
+        self.pool.add_observer(observer)
+
+    def remove_observer(self, observer: EngineObserver) -> None:
+        self.pool.remove_observer(observer)
+
+    @property
+    def kv_spec(self) -> KVSpec:
+        pool = self.pool
+        return KVSpec(pool.num_blocks, pool.block_size, self.runner.block_bytes,
+                      pool.host.num_slots if pool.host else 0)
 
     # ---------------------------------------------------------------- introspection
     def kv_cache_dtype(self) -> torch.dtype:

@@ -20,12 +20,9 @@ import threading
 from collections import deque
 from collections.abc import Collection, Sequence
 
-import torch
-from torch import Tensor
-
+from agentrt.engine.backend import Runner
 from agentrt.engine.block_pool import Block, BlockPool, chain_hash
 from agentrt.engine.host_tier import HostEntry
-from agentrt.engine.runner import ModelRunner, load
 
 
 class PrefetchPlan:
@@ -87,7 +84,7 @@ def finish_prefetch(pool: BlockPool, plan: PrefetchPlan) -> int:
             cut, parent = got is None, got
         pool.host.unpin(entry)
     pool.prefetch_pins -= len(plan.entries)
-    pool.stats_prefetched_blocks += registered
+    pool.note_loaded(registered, prefetched=True)
     pool.free(plan.prefix + plan.blocks)
     return registered
 
@@ -96,12 +93,11 @@ class PrefetchWorker:
     """Runs plans' host -> device copies in order on a thread of its own, which exits when idle
     (so an engine that is dropped leaves no thread behind)."""
 
-    def __init__(self, device_kv: Tensor, host_kv: Tensor):
-        self.device_kv, self.host_kv = device_kv, host_kv
+    def __init__(self, runner: Runner):
+        self.runner = runner
         self._plans: deque[PrefetchPlan] = deque()
         self._lock = threading.Lock()
         self._running = False
-        self._stream = torch.cuda.Stream(device_kv.device) if device_kv.device.type == "cuda" else None
 
     def submit(self, plan: PrefetchPlan) -> None:
         with self._lock:
@@ -118,28 +114,18 @@ class PrefetchWorker:
                     return
                 plan = self._plans.popleft()
             try:
-                self._copy(plan)
+                self.runner.prefetch_copy([b.block_id for b in plan.blocks], [e.block_id for e in plan.entries])
             except BaseException as exc:          # the plan is registered as failed, never as cached
                 plan.error = exc
             plan.done.set()
-
-    @torch.inference_mode()
-    def _copy(self, plan: PrefetchPlan) -> None:
-        ids, slots = [b.block_id for b in plan.blocks], [e.block_id for e in plan.entries]
-        if self._stream is None:
-            load(self.device_kv, self.host_kv, ids, slots)
-            return
-        with torch.cuda.stream(self._stream):
-            load(self.device_kv, self.host_kv, ids, slots, non_blocking=True)
-        self._stream.synchronize()
 
 
 class Prefetcher:
     """The engine's side of the tiers: runs each step's copies and the prefetches asked for."""
 
-    def __init__(self, pool: BlockPool, runner: ModelRunner):
+    def __init__(self, pool: BlockPool, runner: Runner):
         self.pool, self.runner = pool, runner
-        self.worker = PrefetchWorker(runner.kv_cache, runner.host_kv)
+        self.worker = PrefetchWorker(runner)
         self.asked: deque[tuple[list[int], bool]] = deque()     # appended from any thread
         self.inflight: list[PrefetchPlan] = []
 

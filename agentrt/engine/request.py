@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import enum
-import time
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from agentrt.engine.params import SamplingParams
 
@@ -15,20 +14,14 @@ class RequestStatus(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass(slots=True)
-class ProgramService:
-    """Tokens the engine has computed for one program so far (shared by all its requests through
-    the `program_service` hint; the least-attained-service order reads it)."""
-    tokens: int = 0
-
-
 @dataclass(slots=True, frozen=True)
 class RequestMeta:
-    """Scheduling metadata the runtime attaches to a request."""
+    """Scheduling metadata a front attaches to a request: whose program and agent it serves (the
+    blocks it reads remember them), at which step, and when its program arrived (program order)."""
     program_id: str | None = None
     agent_id: str | None = None
     step_id: str | None = None
-    hints: dict[str, Any] = field(default_factory=dict)
+    program_arrival: float | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -37,7 +30,7 @@ class Request:
     prompt_token_ids: list[int]
     params: SamplingParams
     meta: RequestMeta = field(default_factory=RequestMeta)
-    arrival_time: float = field(default_factory=time.monotonic)
+    arrival_time: float = 0.0                           # on the engine's clock, set when it is queued
     output_token_ids: list[int] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
     num_computed_tokens: int = 0

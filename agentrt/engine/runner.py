@@ -1,10 +1,14 @@
-"""Turns a scheduled batch into tensors, runs the model over the paged KV cache, and samples."""
+"""The torch runner: turns a scheduled batch into tensors, runs the model over the paged KV
+cache, and samples. It implements `agentrt.engine.backend.Runner`."""
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from agentrt.engine.attention import AttentionMetadata, ContextPrefill
+from agentrt.engine.backend import StepOutput
 from agentrt.engine.host_tier import Moves
 from agentrt.engine.model import LlamaModel
 from agentrt.engine.sampler import Sampler
@@ -50,6 +54,16 @@ def _copy(dst: list[Tensor], src: list[Tensor], non_blocking: bool = False) -> N
         d.copy_(s, non_blocking=non_blocking)
 
 
+def build_model(loaded, max_positions: int, dtype: torch.dtype, device: torch.device) -> LlamaModel:
+    """The engine's own Llama over `loaded`'s weights, cast to `dtype` (RoPE tables stay fp32)."""
+    model = LlamaModel(loaded.config, max_positions=max_positions)
+    model.load_hf_state_dict(loaded.state_dict)
+    cos, sin = model.rope_cos, model.rope_sin
+    model = model.to(device=device, dtype=dtype).eval()
+    model.rope_cos, model.rope_sin = cos.to(device), sin.to(device)
+    return model
+
+
 class ModelRunner:
     def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device,
                  host_slots: int = 0):
@@ -66,6 +80,25 @@ class ModelRunner:
                                    pin_memory=device.type == "cuda") if host_slots else None
         self.block_bytes = self.kv_cache[:, :, 0].nbytes      # one block's K and V over all layers
         self.sampler = Sampler()
+        self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" and host_slots else None
+
+    @classmethod
+    def build(cls, loaded, *, num_blocks: int, block_size: int, max_positions: int, dtype: torch.dtype,
+              device: torch.device, host_slots: int = 0) -> "ModelRunner":
+        return cls(build_model(loaded, max_positions, dtype, device), num_blocks, block_size, dtype, device, host_slots)
+
+    def forget(self, request_id: str) -> None:
+        self.sampler.forget(request_id)
+
+    @torch.inference_mode()
+    def prefetch_copy(self, block_ids: Sequence[int], slots: Sequence[int]) -> None:
+        """Host slots -> device blocks, from the prefetch thread (on CUDA on a side stream)."""
+        if self._copy_stream is None:
+            load(self.kv_cache, self.host_kv, list(block_ids), list(slots))
+            return
+        with torch.cuda.stream(self._copy_stream):
+            load(self.kv_cache, self.host_kv, list(block_ids), list(slots), non_blocking=True)
+        self._copy_stream.synchronize()
 
     @torch.inference_mode()
     def apply_moves(self, moves: Moves) -> None:
@@ -74,16 +107,16 @@ class ModelRunner:
         load(self.kv_cache, self.host_kv, moves.in_blocks, moves.in_slots)
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> tuple[Tensor | None, Tensor | None, list[int]]:
-        """Returns (sampled token ids, their logits, indexes into batch.requests that sampled)."""
+    def run(self, batch: ScheduledBatch) -> StepOutput:
+        """Sampled token ids, their logits, and the indexes into batch.requests that sampled."""
         input_ids, positions, meta, sample_rows, logit_index = self.prepare(batch)
         hidden = self.model(input_ids, positions, self.kv_cache, meta)
         if not sample_rows:
-            return None, None, []
+            return StepOutput([], None, [])
         logits = self.model.logits(hidden[logit_index])
         reqs = [batch.requests[i] for i in sample_rows]
         tokens = self.sampler.sample(logits, [r.params for r in reqs], [r.request_id for r in reqs])
-        return tokens, logits, sample_rows
+        return StepOutput(tokens.tolist(), logits, sample_rows)
 
     def prepare(self, batch: ScheduledBatch) -> tuple[Tensor, Tensor, AttentionMetadata, list[int], Tensor]:
         bs = self.block_size

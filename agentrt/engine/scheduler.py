@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from agentrt.engine.block_pool import BlockPool, chain_hash
@@ -45,17 +45,9 @@ def reader_of(req: Request) -> tuple | None:
 
 
 def program_arrival(req: Request) -> float:
-    """When the request's program arrived (the runtime's hint), else the request itself."""
-    return req.meta.hints.get("program_arrival", req.arrival_time)
-
-
-def attained_service(req: Request) -> tuple[int, float]:
-    """Tokens computed so far for the request's program (its own, without a program), then arrival."""
-    service = req.meta.hints.get("program_service")
-    return (service.tokens if service is not None else req.num_computed_tokens), program_arrival(req)
-
-
-ORDER_KEYS = {"program": program_arrival, "las": attained_service}
+    """When the request's program arrived (as its front said), else the request itself."""
+    arrival = req.meta.program_arrival
+    return req.arrival_time if arrival is None else arrival
 
 
 class Scheduler:
@@ -64,12 +56,32 @@ class Scheduler:
         self.pool = pool
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
+        self.service: dict[str, int] = {}        # program -> tokens computed for it (least attained service)
+        self._order_key = self._order_keys().get(config.order)
+
+    def _order_keys(self):
+        return {"program": program_arrival, "las": self.attained_service}
+
+    def set_order(self, order: str) -> None:
+        """Switch the queue / step-budget order ("request", "program" or "las")."""
+        self.config = replace(self.config, order=order)
+        self._order_key = self._order_keys().get(order)
+
+    def attained_service(self, req: Request) -> tuple[int, float]:
+        """Tokens computed so far for the request's program (its own, without a program), then arrival."""
+        pid = req.meta.program_id
+        served = self.service.get(pid, 0) if pid is not None else req.num_computed_tokens
+        return served, program_arrival(req)
+
+    def end_program(self, program_id: str) -> None:
+        """Forget a program's attained service (it has ended)."""
+        self.service.pop(program_id, None)
 
     def add(self, req: Request) -> None:
         """Queue a request: at the tail, or (program order) behind every request of an older or
         equally old program, so a program's next turn overtakes newer programs' first turns (least
         attained service: behind every program that has had as little engine time or less)."""
-        order_key = ORDER_KEYS.get(self.config.order)
+        order_key = self._order_key
         if order_key is None or not self.waiting:
             self.waiting.append(req)
             return
@@ -82,10 +94,10 @@ class Scheduler:
     def _reorder_by_service(self) -> None:
         """Least attained service: services grow every step, so both queues are re-sorted (stable;
         preempted requests stay at the head of the waiting queue)."""
-        self.running.sort(key=attained_service)
+        self.running.sort(key=self.attained_service)
         head = [r for r in self.waiting if r.num_preemptions]
         if len(head) < len(self.waiting):
-            rest = sorted((r for r in self.waiting if not r.num_preemptions), key=attained_service)
+            rest = sorted((r for r in self.waiting if not r.num_preemptions), key=self.attained_service)
             self.waiting = deque(head + rest)
 
     def has_unfinished(self) -> bool:
@@ -131,14 +143,19 @@ class Scheduler:
             inflight |= self._inflight_hashes(chosen[-1:])
             budget -= n
         chosen.sort(key=lambda rn: rn[1] != 1)   # decodes first (stable)
-        return ScheduledBatch([r for r, _ in chosen], [n for _, n in chosen], preempted)
+        batch = ScheduledBatch([r for r, _ in chosen], [n for _, n in chosen], preempted)
+        if self.pool.observers:
+            in_use = self.pool.num_in_use
+            for observer in self.pool.observers:
+                observer.on_step(batch, in_use)
+        return batch
 
     def _run(self, req: Request) -> None:
         """Join the running set: at the end, or (program order) after every request of an older
         or equally old program, so older programs' chunks get the step's token budget first and
         the newest program's request is the one preempted (least attained service: the most
         served program's)."""
-        order_key = ORDER_KEYS.get(self.config.order)
+        order_key = self._order_key
         if order_key is None:
             self.running.append(req)
         else:
@@ -212,12 +229,13 @@ class Scheduler:
         """Advance computed-token counts and register blocks that became full in the prefix cache."""
         bs = self.pool.block_size
         caching = self.config.enable_prefix_caching
+        las = self.config.order == "las"
         for req, n in zip(batch.requests, batch.num_new_tokens):
             before = req.num_computed_tokens // bs
             req.num_computed_tokens += n
-            service = req.meta.hints.get("program_service")
-            if service is not None:
-                service.tokens += n
+            if las and req.meta.program_id is not None:
+                pid = req.meta.program_id
+                self.service[pid] = self.service.get(pid, 0) + n
             if not caching:
                 continue
             table = req.block_table

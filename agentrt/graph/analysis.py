@@ -19,6 +19,24 @@ class GraphAnalysis:
         self.wf = workflow
         self.graph = workflow.graph
 
+    # ------------------------------------------------------------------ positions
+    @property
+    def entry(self) -> str:
+        return self.wf.entry
+
+    def has_step(self, step: str) -> bool:
+        return step in self.wf.steps
+
+    def frontier_after(self, step: str) -> list[str]:
+        """Where the program stands once `step` ended and nothing else runs: the step that
+        follows a plain step; a branch or fan-out source itself (its routing comes next)."""
+        if step in self.wf.branches or step in self.wf.fan_outs:
+            return [step]
+        return [self.wf.next_step(step)]
+
+    def agent_of(self, step: str) -> str | None:
+        return getattr(self.wf.steps.get(step), "agent", None)
+
     # ------------------------------------------------------------------ distances
     def _open_successors(self, node: str, loop_counts: LoopCounts) -> list[str]:
         out = []

@@ -5,23 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-import time
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from pydantic import BaseModel
 
 from agentrt.engine.params import SamplingParams
-from agentrt.engine.request import ProgramService, RequestMeta, RequestOutput
+from agentrt.engine.request import RequestMeta, RequestOutput
 from agentrt.graph.compile import CompiledWorkflow
 from agentrt.graph.state import apply_update, render
 from agentrt.graph.steps import END, Agent, Branch, FanOut, FunctionStep, LLMStep, Step, ToolStep
 from agentrt.runtime.conversation import Conversation
 from agentrt.runtime.errors import ProgramError
 from agentrt.runtime.events import Event, ProgramResult
+from agentrt.runtime.position import Lane, Position
 from agentrt.runtime.toolcalls import ToolCaller
+from agentrt.sched.events import (LLMCallEnded, LLMCallStarted, ProgramEnded, ProgramStarted, StepEnded,
+                                  StepStarted)
 
 
 _CURRENT: contextvars.ContextVar["Program"] = contextvars.ContextVar("agentrt_program")
@@ -34,18 +35,6 @@ def current_program() -> "Program":
         return _CURRENT.get()
     except LookupError:
         raise RuntimeError("current_program() called outside a running agentrt program") from None
-
-
-@dataclass(slots=True)
-class Lane:
-    """One branch of a fan-out: its item and branch-local names, its own view of the state, and
-    the writes to reducer fields that are merged at the join."""
-    key: str
-    fan: FanOut
-    locals: dict[str, Any]
-    state: BaseModel
-    deltas: list[tuple[str, Any]] = field(default_factory=list)
-    loop_counts: Counter = field(default_factory=Counter)
 
 
 class View:
@@ -62,15 +51,19 @@ class View:
 
 
 class Program:
-    """A program instance; `await program.result()` gives its ProgramResult."""
+    """A program instance; `await program.result()` gives its ProgramResult. Its walk is kept as
+    data (`position`), advanced at every step boundary; `snapshot()` saves it with the state, and
+    `Runtime.restore` rebuilds a program from a snapshot."""
 
-    def __init__(self, runtime, workflow: CompiledWorkflow, program_id: str, state: BaseModel):
+    def __init__(self, runtime, workflow: CompiledWorkflow, program_id: str, state: BaseModel,
+                 position: Position | None = None, counts: Mapping[str, int] | None = None):
         self.rt, self.wf, self.id, self.state = runtime, workflow, program_id, state
-        self.conversations: dict[tuple[str, str], Conversation] = {}
-        self.loop_counts: Counter = Counter()
-        self.counts = Counter()                     # steps, llm_calls, tool_calls, tokens_*
-        self.submitted = time.monotonic()
-        self.service = ProgramService()             # engine tokens computed for it (least attained service)
+        self.clock = runtime.clock
+        self.position = position or Position(workflow.entry)
+        self.conversations: dict[tuple[str, str], Conversation] = {
+            key: Conversation(list(messages)) for key, messages in self.position.conversations.items()}
+        self.counts = Counter(counts or {})         # steps, llm_calls, tool_calls, tokens_*
+        self.submitted = self.clock.now()
         self.status = "pending"
         self.tools = ToolCaller(self)
         self.task: asyncio.Task | None = None
@@ -78,15 +71,38 @@ class Program:
         self._deferred: list = []
         self._cancel_requested = False              # cancel() before the task got to run()
         self._started = False                       # program_start emitted
+        self._step_began: dict[tuple[str, str | None], float] = {}
         self._entered = False                       # run() entered (a cancel can now be thrown in)
 
     def defer(self, cleanup) -> None:
         """Call `cleanup()` when the program ends, however it ends (last deferred runs first)."""
         self._deferred.append(cleanup)
 
+    @property
+    def loop_counts(self) -> dict:
+        """Times each bounded loop of the main path was taken."""
+        return self.position.loop_counts
+
+    def snapshot(self) -> dict[str, Any]:
+        """The program between steps, as JSON-able data: `Runtime.restore` runs it on from there."""
+        return {"program_id": self.id, "workflow": self.wf.name, "state": self.state.model_dump(mode="json"),
+                "position": self.position.to_dict(), "counts": dict(self.counts)}
+
+    def prompts_of(self, agents: Collection[str]) -> list[list[int]]:
+        """Prompt ids the agents would resend now (the scheduler's prefetch asks)."""
+        return [conv.prompt_ids(self.rt.tokenizer) for (agent, _lane), conv in list(self.conversations.items())
+                if agent in agents and conv.messages]
+
     # ------------------------------------------------------------------ lifecycle
     def emit(self, _event: str, **data: Any) -> None:
-        self.rt.emit(Event(time.monotonic() - self.rt.t0, self.id, _event, data))
+        """A user-facing event (built only when someone listens)."""
+        if self.rt.sinks:
+            self.rt.emit(Event(self.clock.now() - self.rt.t0, self.id, _event, data))
+
+    def _publish(self, event) -> None:
+        """A typed event for the scheduler's front door (when the runtime has one)."""
+        if self.rt.scheduler is not None:
+            self.rt.scheduler.publish(event)
 
     async def result(self) -> ProgramResult:
         return await asyncio.shield(self.task)
@@ -105,14 +121,14 @@ class Program:
     async def run(self) -> ProgramResult:
         _CURRENT.set(self)                           # this task's context: seen by its steps and tools
         self._entered = True
-        gate, error = self.rt.admission, None
+        door, error = self.rt.scheduler, None
         try:
             if self._cancel_requested:
                 raise asyncio.CancelledError()
-            if gate is not None:                     # program-level admission: wait for room
-                await gate.acquire(self.id, self.wf.name)
+            if door is not None:                     # program-level admission: wait for room
+                await door.admit(self.id, self.wf.name)
             self._start()
-            await self._walk(self.wf.entry, None)
+            await self._walk_main()
             self.status = "done"
         except asyncio.CancelledError:
             self.status, error = "cancelled", "cancelled"
@@ -121,15 +137,18 @@ class Program:
         except Exception as exc:                 # a bug in the runtime: fail this program only
             self.status, error = "failed", f"internal error: {type(exc).__name__}: {exc}"
         error = self._cleanup(error)
-        if gate is not None:
-            gate.release(self.id)
+        if door is not None:
+            door.release(self.id)
         if not self._started:                        # ended before it ever ran: still a start and an end
             status = self.status
             self._start()
             self.status = status
-        jct = time.monotonic() - self.submitted
+        now = self.clock.now()
+        jct = now - self.submitted
         if error and self.status == "failed":
             self.emit("error", message=error)
+        self._publish(ProgramEnded(self.id, self.status, now))
+        self.rt.program_ended(self.id)
         self.emit("program_end", status=self.status, error=error, jct=round(jct, 6))
         c = self.counts
         output = getattr(self.state, self.wf.output) if self.wf.output else None
@@ -139,8 +158,11 @@ class Program:
 
     def _start(self) -> None:
         self.status, self._started = "running", True
-        self.emit("program_start", workflow=self.wf.name, state=self.state,
-                  queued=round(time.monotonic() - self.submitted, 6))
+        now = self.clock.now()
+        if self.rt.scheduler is not None:
+            hints = {t.name: t.expected_duration for t in self.wf.tools.values() if t.expected_duration}
+            self._publish(ProgramStarted(self.id, self.submitted, now, self.wf.analysis, self, hints))
+        self.emit("program_start", workflow=self.wf.name, state=self.state, queued=round(now - self.submitted, 6))
 
     def _cleanup(self, error: str | None) -> str | None:
         while self._deferred:
@@ -153,19 +175,44 @@ class Program:
         return error
 
     # ------------------------------------------------------------------ walking the graph
-    async def _walk(self, node: str, lane: Lane | None) -> None:
-        stop = lane.fan.join if lane else END
-        while node not in (END, stop):
-            await self._run_step(self.wf.steps[node], lane)
-            node = await self._after(node, lane)
+    async def _walk_main(self) -> None:
+        pos = self.position
+        while pos.node != END:
+            if pos.lanes is not None:              # inside a fan-out (just entered, or restored there)
+                await self._fan_out(self.wf.fan_outs[pos.node], pos.lanes)
+                continue
+            node = pos.node
+            await self._run_step(self.wf.steps[node], None)
+            pos.node = self._after(node, None)
+            self._step_done(node, None)
 
-    async def _after(self, node: str, lane: Lane | None) -> str:
+    async def _walk_lane(self, lane: Lane, join: str) -> None:
+        while lane.node != join:
+            node = lane.node
+            await self._run_step(self.wf.steps[node], lane)
+            lane.node = self._after(node, lane)
+            self._step_done(node, lane)
+
+    def _after(self, node: str, lane: Lane | None) -> str:
+        """The next node once `node` has run; a fan-out source opens its lanes (the node stays)."""
         if node in self.wf.fan_outs:
-            await self._fan_out(self.wf.fan_outs[node])
-            return self.wf.fan_outs[node].join
+            self._open_lanes(self.wf.fan_outs[node])
+            return node
         if node in self.wf.branches:
             return self._route(self.wf.branches[node], lane)
         return self.wf.next_step(node)
+
+    def _step_done(self, node: str, lane: Lane | None) -> None:
+        """A step boundary: the record takes the conversations it changed, and the step's end is told."""
+        pos = self.position
+        pos.steps += 1
+        step = self.wf.steps[node]
+        if isinstance(step, LLMStep):            # only its own conversation moved: others may be mid-turn
+            key = (step.agent, lane.key if lane else "")
+            pos.conversations[key] = list(self.conversations[key].messages)
+        self.counts["steps"] += 1
+        self.emit("step_end", step=node, duration=round(self.clock.now() - self._step_began.pop(
+            (node, lane.key if lane else None)), 6), lane=lane.key if lane else None)
 
     def _route(self, branch: Branch, lane: Lane | None) -> str:
         try:
@@ -178,19 +225,23 @@ class Program:
         edge = (branch.source, target)
         if edge not in self.wf.loop_edges:
             return target
-        counts = lane.loop_counts if lane else self.loop_counts
-        if counts[edge] >= branch.max_loops:
+        counts = lane.loop_counts if lane else self.position.loop_counts
+        if counts.get(edge, 0) >= branch.max_loops:
             exit_to = branch.exit or next(t for t in branch.targets if (branch.source, t) not in self.wf.loop_edges)
             self.emit("loop_limit", step=branch.source, wanted=target, exit=exit_to, max_loops=branch.max_loops)
             return exit_to
-        counts[edge] += 1
+        counts[edge] = counts.get(edge, 0) + 1
         return target
 
-    async def _fan_out(self, fan: FanOut) -> None:
+    def _open_lanes(self, fan: FanOut) -> None:
         items = list(getattr(self.state, fan.over))
         self.emit("fan_out", step=fan.source, over=fan.over, items=len(items))
-        lanes = [Lane(f"{fan.source}[{i}]", fan, {fan.item: item}, self.state) for i, item in enumerate(items)]
-        tasks = [asyncio.ensure_future(self._walk(fan.to, lane)) for lane in lanes]
+        self.position.lanes = [Lane(f"{fan.source}[{i}]", fan.to, {fan.item: item}) for i, item in enumerate(items)]
+
+    async def _fan_out(self, fan: FanOut, lanes: list[Lane]) -> None:
+        for lane in lanes:                         # the branch's view: the state plus its own writes
+            lane.state = self._replay_deltas(lane)
+        tasks = [asyncio.ensure_future(self._walk_lane(lane, fan.join)) for lane in lanes]
         try:
             await asyncio.gather(*tasks)
         except BaseException:                      # one branch failed (or we were cancelled): stop the rest
@@ -198,16 +249,26 @@ class Program:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        finally:
-            for key in [k for k in self.conversations if k[1].startswith(f"{fan.source}[")]:
-                del self.conversations[key]
         for lane in lanes:                         # merged in item order, so the result is deterministic
             for name, value in lane.deltas:
                 self.state = apply_update(self.state, {name: value}, self.wf.reducers)
+        prefix = f"{fan.source}["
+        for key in [k for k in self.conversations if k[1].startswith(prefix)]:
+            del self.conversations[key]
+            self.position.conversations.pop(key, None)
+        self.position.lanes, self.position.node = None, fan.join
+
+    def _replay_deltas(self, lane: Lane) -> BaseModel:
+        state = self.state
+        for name, value in lane.deltas:
+            state = apply_update(state, {name: value}, self.wf.reducers)
+        return state
 
     # ------------------------------------------------------------------ steps
     async def _run_step(self, step: Step, lane: Lane | None) -> None:
-        started = time.monotonic()
+        now = self.clock.now()
+        self._step_began[step.name, lane.key if lane else None] = now
+        self._publish(StepStarted(self.id, step.name, now, dict(self.position.loop_counts)))
         self.emit("step_start", step=step.name, kind=step.kind, agent=getattr(step, "agent", None),
                   tool=getattr(step, "tool", None), lane=lane.key if lane else None)
         try:
@@ -221,9 +282,7 @@ class Program:
             raise
         except Exception as exc:
             raise ProgramError(step.name, f"{type(exc).__name__}: {exc}") from exc
-        self.counts["steps"] += 1
-        self.emit("step_end", step=step.name, duration=round(time.monotonic() - started, 6),
-                  lane=lane.key if lane else None)
+        self._publish(StepEnded(self.id, step.name, self.clock.now(), dict(self.position.loop_counts)))
 
     async def _python(self, step: FunctionStep, lane: Lane | None) -> None:
         if inspect.iscoroutinefunction(step.fn):
@@ -306,9 +365,9 @@ class Program:
         ids = conv.prompt_ids(self.rt.tokenizer)
         rid = f"{self.id}/{step.name}/{self.counts['requests']}"
         self.counts["requests"] += 1
+        self._publish(LLMCallStarted(self.id, rid, agent.name, step.name, len(ids), self.clock.now()))
         self.emit("llm_start", step=step.name, agent=agent.name, request_id=rid, tokens_in=len(ids), turn=turn)
-        meta = RequestMeta(self.id, agent.name, step.name, {"turn": turn, "program_arrival": self.submitted,
-                                                            "program_service": self.service})
+        meta = RequestMeta(self.id, agent.name, step.name, self.submitted)
         try:
             out = await self.rt.engine.generate(ids, params, meta=meta, request_id=rid)
         except ValueError as exc:                 # e.g. the conversation outgrew the context
@@ -318,6 +377,8 @@ class Program:
         c["tokens_in"] += len(ids)
         c["tokens_out"] += len(out.token_ids)
         c["cached_tokens"] += out.num_cached_tokens
+        self._publish(LLMCallEnded(self.id, rid, agent.name, step.name, len(ids), len(out.token_ids),
+                                   out.num_cached_tokens, self.clock.now()))
         self.emit("llm_end", step=step.name, agent=agent.name, request_id=rid, tokens_in=len(ids),
                   tokens_out=len(out.token_ids), cached_tokens=out.num_cached_tokens,
                   finish_reason=out.finish_reason, turn=turn)

@@ -7,27 +7,28 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from agentrt.clock import MONOTONIC, Clock
 from agentrt.engine.async_engine import AsyncLLMEngine
 from agentrt.engine.llm_engine import LLMEngine
+from agentrt.engine.policy import ORDERS
 from agentrt.graph.compile import CompiledWorkflow
+from agentrt.graph.steps import END
 from agentrt.graph.workflow import Workflow
 from agentrt.runtime.events import Event, EventSink, ProgramResult, TraceWriter
+from agentrt.runtime.position import Position
 from agentrt.runtime.program import Program
+from agentrt.sched.front import WorkflowScheduler
+from agentrt.sched.policies import POLICIES
 
 Inputs = Mapping[str, Any] | BaseModel | None
-
-
-ORDERS = ("request", "program", "las")
 
 
 class Runtime:
@@ -35,24 +36,35 @@ class Runtime:
 
     `engine` is a model alias or path (loaded with `engine_config`), an LLMEngine, or an
     AsyncLLMEngine. `trace` is a JSONL path; `on_event` callables receive every Event.
-    `policy` (lru, continuum, kvflow, agentrt) installs a workflow-aware KV eviction policy fed
-    by a program table (`self.table`); the default "auto" is agentrt on an agentrt engine and
+    `policy` (lru, continuum, kvflow, agentrt) puts a workflow-aware scheduler in front of the
+    engine (`self.scheduler`, an `agentrt.sched.WorkflowScheduler`; its program table is
+    `self.table`): the programs' typed events feed it, and it installs its eviction, swap filter
+    and order through the engine's API. The default "auto" is agentrt on an agentrt engine and
     nothing on other engines (test doubles, which have no KV cache); None leaves the engine's own
-    (LRU, request order). `order` sets how the
-    engine queues requests and shares each step's token budget: "request" (FCFS), "program" (FCFS
-    by program arrival) or "las" (least attained service by program); None: the policy's own
-    (program for continuum and agentrt, request otherwise). `admission` (off by default) starts a
-    program only when the device tier can hold it beside the running ones, oldest first;
-    `max_programs` (which implies admission) also caps how many programs run at once.
-    One failing program never stops the others; `cancel()` stops one and frees its KV blocks.
+    (LRU, request order). `order` sets how the engine queues requests and shares each step's
+    token budget: "request" (FCFS), "program" (FCFS by program arrival) or "las" (least attained
+    service by program); None: the policy's own (program for continuum and agentrt, request
+    otherwise). `admission` (off by default) starts a program only when the device tier can hold
+    it beside the running ones, oldest first; `max_programs` (which implies admission) also caps
+    how many programs run at once. Or give a `scheduler` built beforehand (e.g. with a predictor
+    trained on past tool latencies) instead of those four. Everything reads one clock: the engine's (monotonic unless it
+    was built on another). One failing program never stops the others; `cancel()` stops one and
+    frees its KV blocks.
     """
 
     def __init__(self, engine: str | LLMEngine | AsyncLLMEngine = "smollm2-135m", *,
                  trace: str | Path | None = None, on_event: Iterable[EventSink] = (),
                  policy: str | None = "auto", order: str | None = None, admission: bool = False,
-                 max_programs: int | None = None, **engine_config: Any):
+                 max_programs: int | None = None, scheduler: WorkflowScheduler | None = None,
+                 **engine_config: Any):
         if engine_config and not isinstance(engine, str):
             raise TypeError("engine_config applies only when the engine is given as a model name")
+        if scheduler is not None and (policy not in ("auto", scheduler.name) or order or admission or max_programs):
+            raise ValueError("give either a scheduler or policy/order/admission/max_programs, not both")
+        if policy not in (None, "auto", *POLICIES):
+            raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        if order is not None and order not in ORDERS:
+            raise ValueError(f"unknown order {order!r}; choose from {', '.join(ORDERS)}")
         # The runtime closes only the engine it made: a given async engine (or any object with its
         # generate/tokenizer/close interface, e.g. a test double) stays open.
         self._own_engine = isinstance(engine, (str, LLMEngine))
@@ -61,71 +73,64 @@ class Runtime:
         elif isinstance(engine, LLMEngine):
             engine = AsyncLLMEngine(engine)
         self.engine: AsyncLLMEngine = engine
-        self.t0 = time.monotonic()
+        self.clock: Clock = getattr(engine, "clock", MONOTONIC)
+        self.t0 = self.clock.now()
         self.sinks: list[EventSink] = list(on_event)
         self._trace = TraceWriter(trace) if trace is not None else None
         if self._trace is not None:
             self.sinks.append(self._trace)
         self.programs: dict[str, Program] = {}            # running or pending
         self._ids = itertools.count()
+        has_kv = isinstance(engine, AsyncLLMEngine)
         if policy == "auto":
-            policy = "agentrt" if self._agentrt_engine(None) is not None else None
-        self.table = self._install_policy(policy) if policy is not None else None
-        if order is not None:
-            self._set_order(order)
-        self.admission = None
-        if admission or max_programs is not None:
-            self.admission = self._install_admission(max_programs)
+            policy = None if scheduler is not None or not has_kv else "agentrt"
+        needs_kv = next((what for what, asked in (("a KV policy", policy is not None), ("a scheduling order", order),
+                                                  ("program admission", admission or max_programs is not None))
+                         if asked), None)
+        if needs_kv and not has_kv:
+            raise TypeError(f"{needs_kv} needs an agentrt engine (LLMEngine or AsyncLLMEngine)")
+        self.scheduler: WorkflowScheduler | None = scheduler
+        if scheduler is not None:
+            engine.install_policy(scheduler.engine_policy)
+        elif needs_kv:                  # without a policy, order or admission alone run behind lru's door
+            self.scheduler = WorkflowScheduler(policy or "lru", kv=engine.kv_spec, prefetch=self._prefetch,
+                                               clock=self.clock, order=order, admission=admission,
+                                               max_programs=max_programs)
+            engine.install_policy(self.scheduler.engine_policy)
 
-    def _agentrt_engine(self, needed_by: str | None) -> LLMEngine | None:
-        """The LLMEngine under the async engine; without one (a test double), None when
-        `needed_by` is None, else a TypeError naming what needed it."""
-        engine = getattr(self.engine, "engine", None)
-        if isinstance(engine, LLMEngine):
-            return engine
-        if needed_by is None:
-            return None
-        raise TypeError(f"{needed_by} needs an agentrt engine (LLMEngine or AsyncLLMEngine)")
+    @property
+    def table(self):
+        """The scheduler's program table (None without a scheduler)."""
+        return self.scheduler.table if self.scheduler is not None else None
 
-    def _install_admission(self, max_programs: int | None):
-        from agentrt.sched.admission import AdmissionGate
-        pool = self._agentrt_engine("program admission").pool
-        gate = AdmissionGate(pool.num_blocks * pool.block_size, max_programs=max_programs)
-        self.sinks.append(gate)
-        return gate
+    @property
+    def admission(self):
+        return self.scheduler.admission if self.scheduler is not None else None
 
-    def _install_policy(self, name: str):
-        from agentrt.sched.policies import PREFETCHING, PROGRAM_ORDERED, block_costs, make_policy, worth_swapping
-        from agentrt.sched.prefetch import NextAgentPrefetcher
-        from agentrt.sched.program_table import ProgramTable
-        pool = self._agentrt_engine("a KV policy").pool
-        table = ProgramTable().attach(self)
-        eviction, sinks = make_policy(name, table)
-        pool.set_policy(eviction)
-        if name == "agentrt":
-            runner = self.engine.engine.runner
-            pool.swap_filter = worth_swapping(table, **block_costs(runner.block_bytes, pool.block_size))
-        if name in PREFETCHING:
-            self.sinks.append(NextAgentPrefetcher(self, timed=name == "agentrt", predictor=table.predictor))
-        self._set_order("program" if name in PROGRAM_ORDERED else "request")
-        self.sinks.extend(sinks)
-        return table
+    def _prefetch(self, prompt_ids: list[int]) -> None:
+        self.engine.prefetch(prompt_ids, evict=True)
 
-    def _set_order(self, order: str) -> None:
-        if order not in ORDERS:
-            raise ValueError(f"unknown order {order!r}; choose from {', '.join(ORDERS)}")
-        scheduler = self._agentrt_engine("a scheduling order").scheduler
-        scheduler.config = dataclasses.replace(scheduler.config, order=order)
+    def program_ended(self, program_id: str) -> None:
+        """Called by a program as it ends: the engine forgets what it kept for it."""
+        end = getattr(self.engine, "end_program", None)
+        if end is not None:
+            end(program_id)
 
     @property
     def tokenizer(self):
         return self.engine.tokenizer
 
+    def add_sink(self, sink: EventSink) -> None:
+        """Receive every Event from now on (like `on_event` at construction)."""
+        self.sinks.append(sink)
+
     def emit(self, event: Event) -> None:
+        """Hand a user-facing event to every sink. A sink that raises is a user's observer, not
+        part of the runtime: it is dropped, loudly, and the programs go on."""
         for sink in list(self.sinks):
             try:
                 sink(event)
-            except Exception as exc:          # a broken observer must not break programs: drop it, loudly
+            except Exception as exc:
                 self.sinks.remove(sink)
                 print(f"agentrt: event sink {sink!r} raised {type(exc).__name__}: {exc}; removed it",
                       file=sys.stderr)
@@ -136,12 +141,33 @@ class Runtime:
         """Start one program now; bad inputs raise ValueError here, before anything runs."""
         compiled = workflow.compile() if isinstance(workflow, Workflow) else workflow
         state = _initial_state(compiled, inputs)
+        return self._start(Program(self, compiled, self._new_id(compiled, program_id), state))
+
+    def restore(self, workflow: Workflow | CompiledWorkflow, snapshot: Mapping[str, Any], *,
+                program_id: str | None = None) -> Program:
+        """Start a program from a `Program.snapshot()`: it runs on from the step after the last
+        one the snapshot saw finish, with that state, those loop counts and conversations."""
+        compiled = workflow.compile() if isinstance(workflow, Workflow) else workflow
+        if snapshot.get("workflow") != compiled.name:
+            raise ValueError(f"snapshot is of workflow {snapshot.get('workflow')!r}, not {compiled.name!r}")
+        position = Position.from_dict(snapshot["position"])
+        known = {*compiled.steps, END, *(f.join for f in compiled.fan_outs.values())}
+        missing = [n for n in position.frontier() if n not in known]
+        if missing:
+            raise ValueError(f"snapshot stands at step {missing[0]!r}, which workflow {compiled.name!r} does not have")
+        state = compiled.state.model_validate(snapshot["state"])
+        pid = self._new_id(compiled, program_id or snapshot.get("program_id"))
+        return self._start(Program(self, compiled, pid, state, position, snapshot.get("counts")))
+
+    def _new_id(self, compiled: CompiledWorkflow, program_id: str | None) -> str:
         pid = program_id or f"{compiled.name}-{next(self._ids)}"
         if pid in self.programs:
             raise ValueError(f"program id {pid!r} is already running")
-        program = Program(self, compiled, pid, state)
-        self.programs[pid] = program
-        program.task = asyncio.get_running_loop().create_task(self._run(program), name=pid)
+        return pid
+
+    def _start(self, program: Program) -> Program:
+        self.programs[program.id] = program
+        program.task = asyncio.get_running_loop().create_task(self._run(program), name=program.id)
         return program
 
     async def _run(self, program: Program) -> ProgramResult:

@@ -11,6 +11,7 @@ from agentrt.graph.state import render
 from agentrt.graph.steps import Agent, LLMStep, ToolStep
 from agentrt.runtime.conversation import Conversation
 from agentrt.runtime.errors import ProgramError
+from agentrt.sched.events import ToolEnded, ToolStarted
 from agentrt.tools import (TOOL_CALL_CLOSE, Tool, ToolResult, format_observation, parse_tool_call,
                            render_tool_instructions, resolve_call, tools_by_name)
 
@@ -30,6 +31,7 @@ class ToolCaller:
         """Run a tool with its timeout and retries, reporting each attempt."""
         prog = self.program
         prog.counts["tool_calls"] += 1
+        prog._publish(ToolStarted(prog.id, tool.name, step, prog.clock.now(), tool.expected_duration))
         prog.emit("tool_start", step=step, tool=tool.name, expected_duration=tool.expected_duration,
                   # validated arguments by their parameter names (a field may be renamed, e.g. `schema`
                   # is held as `arg0__` because it clashes with pydantic; its alias is the name)
@@ -40,7 +42,8 @@ class ToolCaller:
                 prog.emit("tool_retry", step=step, tool=tool.name, attempt=attempt,
                           error=f"{type(error).__name__}: {error}", wait=tool.retry_delay(attempt))
 
-        result = await tool.run(arguments, on_attempt=on_attempt)
+        result = await tool.run(arguments, on_attempt=on_attempt, clock=prog.clock)
+        prog._publish(ToolEnded(prog.id, tool.name, step, prog.clock.now(), result.duration, result.error))
         prog.emit("tool_end", step=step, tool=tool.name, duration=round(result.duration, 6),
                   attempts=result.attempts, error=result.error)
         return result

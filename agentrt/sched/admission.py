@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
+from agentrt.sched.events import LLMCallEnded, LLMCallStarted
+
 
 class AdmissionGate:
     def __init__(self, capacity_tokens: int, *, headroom: float = 1.0, first_guess: float = 0.2,
@@ -69,16 +71,18 @@ class AdmissionGate:
         if self._changed is not None:
             self._changed.set()
 
-    def __call__(self, event) -> None:
-        """Event sink: track each active program's widest fan-out and longest context."""
-        pid = event.program
+    def publish(self, event) -> None:
+        """Track each active program's widest fan-out and longest context."""
+        kind = type(event)
+        if kind is not LLMCallStarted and kind is not LLMCallEnded:
+            return
+        pid = event.program_id
         if pid not in self.active:
             return
-        if event.event == "llm_start":
+        if kind is LLMCallStarted:
             self._in_flight[pid] += 1
             self._widest[pid] = max(self._widest[pid], self._in_flight[pid])
-        elif event.event == "llm_end":
+        else:
             self._in_flight[pid] -= 1
-            d = event.data
-            self._longest[pid] = max(self._longest[pid], d["tokens_in"] + d["tokens_out"])
+            self._longest[pid] = max(self._longest[pid], event.tokens_in + event.tokens_out)
             self.footprint[pid] = float(self._longest[pid] * self._widest[pid])

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import heapq
 import math
-import time
 from collections.abc import Iterator
 
+from agentrt.clock import MONOTONIC, Clock
 from agentrt.engine.block_pool import Block
 from agentrt.engine.eviction import EvictionPolicy, LRUPolicy
+from agentrt.sched.events import ToolStarted
 from agentrt.sched.program_table import INF, ProgramTable
 
 POLICIES = ("lru", "continuum", "kvflow", "agentrt")
@@ -38,7 +39,7 @@ class RankedPolicy(EvictionPolicy):
 
     REFRESH_SECONDS = 0.005
 
-    def __init__(self, table: ProgramTable, clock=time.monotonic):
+    def __init__(self, table: ProgramTable, clock: Clock = MONOTONIC):
         self.table, self.clock = table, clock
         self._leaves: dict[int, tuple[int, Block]] = {}   # block id -> (when it became a leaf, block)
         self._heap: list[tuple] = []                # (rank, last access, added, block)
@@ -50,7 +51,7 @@ class RankedPolicy(EvictionPolicy):
     def add(self, block: Block) -> None:
         self._added += 1
         self._leaves[block.block_id] = (self._added, block)
-        if self._fresh(self.clock()):
+        if self._fresh(self.clock.now()):
             heapq.heappush(self._heap, self._entry(block, self._built_at))
 
     def remove(self, block: Block) -> None:
@@ -77,7 +78,7 @@ class RankedPolicy(EvictionPolicy):
     def pop(self) -> Block:
         if not self._leaves:
             raise IndexError("no evictable block")
-        now = self.clock()
+        now = self.clock.now()
         if not self._fresh(now):
             self._built_at, self._built_version, self._memo = now, self.table.version, {}
             self._valid_until = min(now + self.REFRESH_SECONDS, self.expiry(now))
@@ -147,7 +148,7 @@ class AgentrtPolicy(RankedPolicy):
 
 
 class TTLPinner:
-    """An event sink applying Continuum's rule when a program pauses on a tool: pin its blocks
+    """Applies Continuum's rule when a program pauses on a tool (`ToolStarted`): pin its blocks
     for the τ that maximizes P(tool done by τ) * p(continue) * cost(losing the cache) - τ."""
 
     def __init__(self, table: ProgramTable, *, prefill_seconds_per_token: float = PREFILL_SECONDS_PER_TOKEN,
@@ -156,17 +157,17 @@ class TTLPinner:
         self.prefill_seconds_per_token = prefill_seconds_per_token
         self.requeue_seconds = requeue_seconds
 
-    def __call__(self, event) -> None:
-        if event.event != "tool_start":
+    def publish(self, event) -> None:
+        if type(event) is not ToolStarted:
             return
-        entry = self.table.entries.get(event.program)
+        entry = self.table.entries.get(event.program_id)
         if entry is None or entry.finished:
             return
         cost = entry.context_tokens * self.prefill_seconds_per_token + self.requeue_seconds
         p_continue = min(1.0, entry.remaining_turns)
-        ttl = self.table.predictor.pin_time(event.data["tool"], cost, p_continue=p_continue)
+        ttl = self.table.predictor.pin_time(event.tool, cost, p_continue=p_continue)
         if ttl > 0 and math.isfinite(ttl):
-            self.table.pin(event.program, self.table.clock() + ttl)
+            self.table.pin(event.program_id, self.table.clock.now() + ttl)
 
 
 def worth_swapping(table: ProgramTable, *, copy_seconds: float = 0.0, recompute_seconds: float = 1.0):
@@ -188,7 +189,7 @@ def block_costs(block_bytes: int, block_size: int) -> dict[str, float]:
 
 
 def make_policy(name: str, table: ProgramTable) -> tuple[EvictionPolicy, list]:
-    """The eviction policy for `name`, and the event sinks it needs beside the program table."""
+    """The eviction policy for `name`, and the event consumers it needs beside the program table."""
     if name == "lru":
         return LRUPolicy(), []
     if name == "continuum":

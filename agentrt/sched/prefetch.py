@@ -2,39 +2,53 @@
 tool's result will resend their conversation; its blocks are brought back from the host tier
 while the tool runs. kvflow asks at once (the agent is next in line); agentrt asks shortly
 before the tool is predicted to return, when other programs' traffic has had its chance to push
-those blocks out. lru and continuum load on demand."""
+those blocks out. lru and continuum load on demand.
+
+It needs what the front handed over at `ProgramStarted`: the program's graph (who resumes after
+the tool) and a prompt source (what they will send)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+
+from agentrt.sched.events import ProgramEnded, ProgramStarted, ToolStarted
 
 LEAD_SECONDS = 0.05          # how long before the predicted return agentrt starts the copy
 
+Prefetch = Callable[[list[int]], None]      # the engine's: bring a prompt's host-tier prefix back, evicting
+
 
 class NextAgentPrefetcher:
-    """An event sink for `tool_start` (a no-op when the engine has no host tier). Prefetches
-    evict through the policy, so they displace only blocks it ranks below the waiting agent's."""
+    """Consumes ToolStarted (and the program's start and end). Prefetches evict through the
+    policy, so they displace only blocks it ranks below the waiting agent's."""
 
-    def __init__(self, runtime, *, timed: bool = False, predictor=None):
-        self.runtime, self.timed, self.predictor = runtime, timed, predictor
+    def __init__(self, prefetch: Prefetch, *, timed: bool = False, predictor=None):
+        self.prefetch, self.timed, self.predictor = prefetch, timed, predictor
+        self._programs: dict[str, ProgramStarted] = {}
         self.requested = 0                     # prefetch requests made (for reports and tests)
 
-    def __call__(self, event) -> None:
-        if event.event != "tool_start":
-            return
-        if not self.timed or self.predictor is None:
-            return self._prefetch(event.program, event.data["step"])
-        delay = self.predictor.quantile(event.data["tool"], 0.5) - LEAD_SECONDS
-        asyncio.get_running_loop().call_later(max(delay, 0.0), self._prefetch, event.program, event.data["step"])
+    def publish(self, event) -> None:
+        kind = type(event)
+        if kind is ProgramStarted:
+            if event.graph is not None and event.prompts is not None:
+                self._programs[event.program_id] = event
+        elif kind is ProgramEnded:
+            self._programs.pop(event.program_id, None)
+        elif kind is ToolStarted and event.program_id in self._programs:
+            if not self.timed or self.predictor is None:
+                return self._prefetch(event.program_id, event.step)
+            delay = self.predictor.quantile(event.tool, 0.5) - LEAD_SECONDS
+            asyncio.get_running_loop().call_later(max(delay, 0.0), self._prefetch, event.program_id, event.step)
 
-    def _prefetch(self, program_id: str, step_name: str) -> None:
-        program = self.runtime.programs.get(program_id)
-        if program is None:                    # ended meanwhile
+    def _prefetch(self, program_id: str, step: str | None) -> None:
+        started = self._programs.get(program_id)
+        if started is None or step is None:      # ended meanwhile, or a call outside any step
             return
-        agents = set(program.wf.analysis.next_agents(step_name))
-        step = program.wf.steps.get(step_name)
-        if getattr(step, "agent", None):       # a model-driven call: the calling agent resumes
-            agents.add(step.agent)
-        for (agent, _lane), conversation in list(program.conversations.items()):
-            if agent in agents and conversation.messages:
-                self.runtime.engine.prefetch(conversation.prompt_ids(self.runtime.tokenizer), evict=True)
-                self.requested += 1
+        graph = started.graph
+        agents = set(graph.next_agents(step))
+        caller = graph.agent_of(step)
+        if caller:                               # a model-driven call: the calling agent resumes
+            agents.add(caller)
+        for ids in started.prompts.prompts_of(agents):
+            self.prefetch(ids)
+            self.requested += 1

@@ -1,14 +1,16 @@
-"""The program table: what the runtime's events say about every program, in the form the KV
+"""The program table: what the program events say about every program, in the form the KV
 policies read it (from the engine thread, without locks: each program's entry is replaced
 whole, never edited in place)."""
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentrt.clock import MONOTONIC, Clock
+from agentrt.sched.events import (LLMCallEnded, LLMCallStarted, LoopCounts, ProgramEnded, ProgramEvent,
+                                  ProgramGraph, ProgramStarted, StepEnded, StepStarted, ToolEnded, ToolStarted)
 from agentrt.sched.predictor import ToolPausePredictor
 
 INF = math.inf
@@ -30,9 +32,9 @@ class ProgramEntry:
 
 @dataclass(slots=True)
 class _Live:
-    workflow: Any
+    graph: ProgramGraph | None
     frontier: Counter = field(default_factory=Counter)
-    program: Any = None                          # for its loop counts (bounded loops used up)
+    loop_counts: LoopCounts = field(default_factory=dict)   # as of the latest step event
 
 
 class _Entries(dict):
@@ -45,41 +47,36 @@ class _Entries(dict):
 
 
 class ProgramTable:
-    """An event sink for the Runtime; `attach(runtime)` subscribes it."""
+    """Fed typed program events (`publish`) by the scheduler's front door."""
 
-    def __init__(self, predictor: ToolPausePredictor | None = None, clock=time.monotonic):
+    def __init__(self, predictor: ToolPausePredictor | None = None, clock: Clock = MONOTONIC):
         self.predictor = predictor or ToolPausePredictor()
         self.clock = clock
         self.entries: dict[str, ProgramEntry] = _Entries()
         self._live: dict[str, _Live] = {}
-        self._runtime = None
         self.step_seconds = 1.0                  # running mean of an agent turn's duration
         self._llm_started: dict[tuple[str, str], float] = {}   # (program, request id) -> start
         self._open_tools: dict[str, list] = {}   # program -> (tool, since) of calls in flight (lanes overlap)
-
-    def attach(self, runtime) -> "ProgramTable":
-        self._runtime = runtime
-        runtime.sinks.append(self)
-        return self
+        self._handlers = {ProgramStarted: self._started, ProgramEnded: self._ended, StepStarted: self._step_started,
+                          StepEnded: self._step_ended, ToolStarted: self._tool_started, ToolEnded: self._tool_ended,
+                          LLMCallStarted: self._llm_call_started, LLMCallEnded: self._llm_call_ended}
 
     # ------------------------------------------------------------------ events
-    def __call__(self, event) -> None:
-        handler = getattr(self, f"_on_{event.event}", None)
-        if handler is not None:
-            handler(event.program, event.data)
+    def publish(self, event: ProgramEvent) -> None:
+        self._handlers[type(event)](event)
 
-    def _on_program_start(self, pid: str, data: dict) -> None:
-        program = self._runtime.programs.get(pid) if self._runtime is not None else None
-        if program is None:
-            return
-        self._live[pid] = _Live(program.wf, program=program)
-        for tool in program.wf.tools.values():
-            if tool.expected_duration and self.predictor.hint(tool.name) is None:
-                self.predictor.set_hint(tool.name, tool.expected_duration)
-        self.entries[pid] = ProgramEntry(pid, program.submitted, {}, 0.0)
-        self._refresh(pid, [program.wf.entry])
+    def _started(self, ev: ProgramStarted) -> None:
+        pid = ev.program_id
+        self._live[pid] = _Live(ev.graph)
+        for tool, seconds in ev.tool_hints.items():
+            if seconds and self.predictor.hint(tool) is None:
+                self.predictor.set_hint(tool, seconds)
+        self.entries[pid] = ProgramEntry(pid, ev.arrival, {}, 0.0)
+        if ev.graph is not None:
+            self._refresh(pid, [ev.graph.entry])
 
-    def _on_program_end(self, pid: str, data: dict) -> None:
+    def _ended(self, ev: ProgramEnded) -> None:
+        pid = ev.program_id
         self._live.pop(pid, None)
         self._open_tools.pop(pid, None)
         for key in [k for k in self._llm_started if k[0] == pid]:   # turns cut off by a cancel
@@ -88,39 +85,38 @@ class ProgramTable:
         if entry is not None:
             self.entries[pid] = ProgramEntry(pid, entry.arrival, {}, 0.0, finished=True)
 
-    def _on_step_start(self, pid: str, data: dict) -> None:
-        self._move(pid, data["step"], +1)
+    def _step_started(self, ev: StepStarted) -> None:
+        self._move(ev.program_id, ev.step, +1, ev.loop_counts)
 
-    def _on_step_end(self, pid: str, data: dict) -> None:
-        self._move(pid, data["step"], -1)
+    def _step_ended(self, ev: StepEnded) -> None:
+        self._move(ev.program_id, ev.step, -1, ev.loop_counts)
 
-    def _move(self, pid: str, step: str, delta: int) -> None:
+    def _move(self, pid: str, step: str, delta: int, loop_counts: LoopCounts) -> None:
         live = self._live.get(pid)
-        if live is None:
+        if live is None or live.graph is None:
             return
+        live.loop_counts = loop_counts
         live.frontier[step] += delta
         if live.frontier[step] <= 0:
             del live.frontier[step]
             if not live.frontier:                # between steps: the next one is where it goes
-                self._refresh(pid, [live.workflow.next_step(step)] if step not in live.workflow.branches
-                              and step not in live.workflow.fan_outs else [step])
+                self._refresh(pid, live.graph.frontier_after(step))
                 return
         self._refresh(pid, list(live.frontier.elements()))
 
-    def _on_tool_start(self, pid: str, data: dict) -> None:
-        self._open_tools.setdefault(pid, []).append((data["tool"], self.clock()))
-        self._paused(pid)
+    def _tool_started(self, ev: ToolStarted) -> None:
+        self._open_tools.setdefault(ev.program_id, []).append((ev.tool, self.clock.now()))
+        self._paused(ev.program_id)
 
-    def _on_tool_end(self, pid: str, data: dict) -> None:
-        tool = data["tool"]
-        if data.get("error") is None:
-            self.predictor.observe(tool, data["duration"])
-        calls = self._open_tools.get(pid, [])
+    def _tool_ended(self, ev: ToolEnded) -> None:
+        if ev.error is None:
+            self.predictor.observe(ev.tool, ev.duration)
+        calls = self._open_tools.get(ev.program_id, [])
         for i, (name, _) in enumerate(calls):
-            if name == tool:
+            if name == ev.tool:
                 del calls[i]
                 break
-        self._paused(pid)
+        self._paused(ev.program_id)
 
     def _paused(self, pid: str) -> None:
         """Paused while any call is in flight: on the oldest one (the longest wait so far)."""
@@ -128,27 +124,25 @@ class ProgramTable:
         tool, since = calls[0] if calls else (None, None)
         self._update(pid, paused_tool=tool, paused_since=since)
 
-    def _on_llm_start(self, pid: str, data: dict) -> None:
-        self._llm_started[pid, data["request_id"]] = self.clock()
+    def _llm_call_started(self, ev: LLMCallStarted) -> None:
+        pid = ev.program_id
+        self._llm_started[pid, ev.request_id] = self.clock.now()
         if not self._open_tools.get(pid):
             self._update(pid, pin_until=None)    # the program is back: its blocks are in use again
 
-    def _on_llm_end(self, pid: str, data: dict) -> None:
-        started = self._llm_started.pop((pid, data["request_id"]), None)
+    def _llm_call_ended(self, ev: LLMCallEnded) -> None:
+        started = self._llm_started.pop((ev.program_id, ev.request_id), None)
         if started is not None:
-            self.step_seconds = 0.9 * self.step_seconds + 0.1 * (self.clock() - started)
-        self._update(pid, context_tokens=data["tokens_in"] + data["tokens_out"])
+            self.step_seconds = 0.9 * self.step_seconds + 0.1 * (self.clock.now() - started)
+        self._update(ev.program_id, context_tokens=ev.tokens_in + ev.tokens_out)
 
     # ------------------------------------------------------------------ entries
     def _refresh(self, pid: str, frontier: list[str]) -> None:
-        live = self._live.get(pid)
-        if live is None:
-            return
-        analysis = live.workflow.analysis
-        frontier = [n for n in frontier if n in live.workflow.steps]
-        loops = dict(getattr(live.program, "loop_counts", None) or {})
-        self._update(pid, steps_to_execution=analysis.steps_to_execution(frontier, loops),
-                     remaining_turns=analysis.expected_remaining_turns(frontier, loop_counts=loops))
+        graph = self._live[pid].graph
+        loops = self._live[pid].loop_counts
+        frontier = [n for n in frontier if graph.has_step(n)]
+        self._update(pid, steps_to_execution=graph.steps_to_execution(frontier, loops),
+                     remaining_turns=graph.expected_remaining_turns(frontier, loop_counts=loops))
 
     def _update(self, pid: str, **changes: Any) -> None:
         entry = self.entries.get(pid)

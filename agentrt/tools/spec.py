@@ -15,13 +15,14 @@ import asyncio
 import dataclasses
 import inspect
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, Mapping, NamedTuple
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, PydanticUserError, ValidationError, create_model
 from pydantic.fields import FieldInfo
+
+from agentrt.clock import MONOTONIC, Clock
 
 BACKOFF_CAP = 30.0  # longest wait between two attempts, seconds
 _NAME_RE = re.compile(r"[A-Za-z_][\w.-]*")
@@ -226,42 +227,44 @@ class Tool:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
         return min(self.backoff * 2 ** (attempt - 1), BACKOFF_CAP)
 
-    async def run(self, arguments: Mapping[str, Any] | BaseModel, *, on_attempt: OnAttempt | None = None) -> ToolResult:
+    async def run(self, arguments: Mapping[str, Any] | BaseModel, *, on_attempt: OnAttempt | None = None,
+                  clock: Clock = MONOTONIC) -> ToolResult:
         """Validate, then call the tool with a per-attempt timeout and retries; never raises a tool error.
 
         Rejected arguments give an error result with attempts=0 (the tool never ran). An already
         validated `args_model` instance is used as is. Every exception from the tool (timeouts
         included) is retried up to `retries` times. Cancellation propagates at once, never retried.
         `on_attempt(attempt, exception_or_None, attempt_seconds)` is called after each attempt.
+        Durations are read on `clock` (the runtime's).
         A timed-out *sync* tool's thread cannot be killed: it is abandoned and keeps a worker of
         the default executor until the function returns.
         """
-        start = time.monotonic()
+        start = clock.now()
         if isinstance(arguments, self.args_model):
             model = arguments
         else:
             try:
                 model = self.validate(arguments)
             except ToolArgumentError as exc:
-                return ToolResult(None, str(exc), 0, time.monotonic() - start, exc)
+                return ToolResult(None, str(exc), 0, clock.now() - start, exc)
         args = [getattr(model, p.field) for p in self.params if p.positional_only]
         kwargs = {p.name: getattr(model, p.field) for p in self.params if not p.positional_only}
         attempt = 0
         while True:
             attempt += 1
-            began = time.monotonic()
+            began = clock.now()
             try:
                 value = await self._attempt(args, kwargs)
             except Exception as exc:  # CancelledError is a BaseException: it passes through
                 error: Exception = exc
             else:
                 if on_attempt is not None:
-                    on_attempt(attempt, None, time.monotonic() - began)
-                return ToolResult(value, None, attempt, time.monotonic() - start)
+                    on_attempt(attempt, None, clock.now() - began)
+                return ToolResult(value, None, attempt, clock.now() - start)
             if on_attempt is not None:
-                on_attempt(attempt, error, time.monotonic() - began)
+                on_attempt(attempt, error, clock.now() - began)
             if attempt > self.retries:
-                return ToolResult(None, self._describe(error, attempt), attempt, time.monotonic() - start, error)
+                return ToolResult(None, self._describe(error, attempt), attempt, clock.now() - start, error)
             await asyncio.sleep(self.retry_delay(attempt))
 
     async def _attempt(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
