@@ -236,3 +236,76 @@ def test_cpu_default_stays_on_torch():
     cache = torch.zeros(2, 1, 16, 1, 16)
     if attention.attention_backend() == "auto":
         assert not attention.use_triton(cache)
+
+
+# ------------------------------------------------------------------------------------------ decode graphs
+@pytest.mark.parametrize("eager", [True] + ([False] if CUDA else []))
+def test_decode_graphs_pad_a_batch_without_touching_the_cache(make_engine, triton_attention, eager):
+    """A batch of 3 decodes through DecodeGraphs (padded to 4: slot -1, context 0) gives the
+    hidden states of the plain forward, and the padding row writes nothing into the cache. The
+    step's metadata is given as the runner builds it (masks, no lengths)."""
+    from agentrt.engine.attention import AttentionMetadata
+    from agentrt.engine.cuda_graphs import DecodeGraphs, GraphedDecodeModel
+
+    engine = make_engine(block_size=16, kv_cache_tokens=512, device=DEV.type)
+    model, kv = engine.runner.model, engine.runner.kv_cache
+    kv.copy_(torch.randn(kv.shape, generator=torch.Generator().manual_seed(4)).to(kv))
+    lens = [20, 37, 5]
+    tables = make_tables(lens, 16, kv.shape[2], seed=2).long()
+    used = tables.shape[1]
+    lens_t = torch.tensor(lens, device=DEV)
+    slots = tables[torch.arange(3, device=DEV), (lens_t - 1) // 16] * 16 + (lens_t - 1) % 16
+    keys = torch.arange(used * 16, device=DEV)
+    mask = torch.zeros(3, 1, 1, used * 16, dtype=kv.dtype, device=DEV)
+    mask.masked_fill_((keys >= lens_t.unsqueeze(1))[:, None, None, :], float("-inf"))
+
+    def meta():
+        return AttentionMetadata(slots, 3, tables, mask, None, [], None)
+
+    ids = torch.tensor([5, 77, 200], device=DEV)
+    pos = lens_t - 1
+    with torch.inference_mode():
+        plain = model(ids, pos, kv, meta()).clone()
+        after_plain = kv.clone()
+        graphs = DecodeGraphs(model, kv, 16, max_batch=4, max_blocks=8, batch_sizes=[2, 4], eager=eager)
+        graphs.capture()
+        assert graphs.can_run(ids, meta()) and graphs.graph_size(3) == 4
+        padded = graphs.run(ids, pos, meta()).clone()
+    torch.testing.assert_close(padded, plain, atol=1e-5, rtol=1e-5)
+    # the real rows rewrite their slots (equal up to a batch-4 vs batch-3 matmul's rounding); the
+    # padding row (slot -1) writes nothing: not where a clamped slot would land (block 0), nowhere
+    assert torch.equal(kv[:, :, 0], after_plain[:, :, 0]), "the padding row wrote into the cache"
+    torch.testing.assert_close(kv, after_plain, atol=1e-5, rtol=1e-5)
+    assert not graphs.can_run(torch.zeros(5, dtype=torch.long, device=DEV), meta())
+
+    wrapped = GraphedDecodeModel(model, max_batch=4, max_blocks=8, batch_sizes=[4], eager=eager)
+    with torch.inference_mode():
+        again = wrapped(ids, pos, kv, meta()).clone()
+    assert wrapped.graphs is not None and wrapped.graphs.replays == 1
+    torch.testing.assert_close(again, plain, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ CUDA only: real shapes, bf16
+@pytest.mark.skipif(not CUDA, reason="bf16 and real shapes need a GPU (the interpreter computes bf16 wrongly)")
+@pytest.mark.parametrize("group", [1, 3, 4])
+def test_cuda_bf16_real_shapes(group):
+    bs, kvh, d = 16, 8, 128
+    lens = [1, 300, 1000, 2049]
+    cache = make_cache(600, bs, kvh, d, torch.bfloat16, seed=group)
+    tables = make_tables(lens, bs, 600, shared_blocks=1, seed=group)
+    q = torch.randn(len(lens), kvh * group, d, device=DEV).to(torch.bfloat16)
+    out = kernels.paged_decode_attention(q, cache, tables, torch.tensor(lens, dtype=torch.int32, device=DEV))
+    torch.testing.assert_close(out.float(), ref_decode(q, cache, tables, lens), atol=2e-2, rtol=2e-2)
+    rows = [(256, 100), (0, 333), (1000, 1)]
+    kv_lens = [c + n for c, n in rows]
+    tables = make_tables(kv_lens, bs, 600, seed=group + 1)
+    q_lens = [n for _, n in rows]
+    starts = [sum(q_lens[:i]) for i in range(3)]
+    q = torch.randn(sum(q_lens), kvh * group, d, device=DEV).to(torch.bfloat16)
+    i32 = dict(dtype=torch.int32, device=DEV)
+    out = kernels.paged_prefill_attention(q, cache, tables, torch.tensor(starts, **i32), torch.tensor(q_lens, **i32),
+                                          torch.tensor(kv_lens, **i32), max(q_lens))
+    for r, (c, n) in enumerate(rows):
+        k, v = gather(cache, tables[r], c + n)
+        ref = ref_attention(q[starts[r]:starts[r] + n], k, v, torch.arange(c, c + n, device=DEV))
+        torch.testing.assert_close(out[starts[r]:starts[r] + n].float(), ref, atol=2e-2, rtol=2e-2)

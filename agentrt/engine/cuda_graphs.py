@@ -14,13 +14,23 @@ Logits and sampling stay outside the graph (they are per-step and cheap to launc
     else:                                                  # the next replay
         hidden = model(input_ids, positions, kv_cache, meta)
 
+Or wrap the model, and whatever runs it (ModelRunner) replays graphs for decode-only steps:
+
+    model = GraphedDecodeModel(model, max_batch=max_num_seqs, max_blocks=-(-max_model_len // block_size))
+    runner = ModelRunner(model, num_blocks, block_size, dtype, device, host_slots)
+    # captured on the first CUDA forward (or call model.capture(runner.kv_cache) up front)
+
 All graphs share one memory pool, captured largest first. The KV cache tensor must stay the
 same tensor for the graphs' lifetime (they hold its address).
+
+`eager=True` captures nothing: `run` pads the batch into the same static buffers and runs the
+model on them directly. That is the graphs' exact input path without CUDA, so the padding
+semantics are tested on CPU (Triton's interpreter) and a suspect graph can be compared with it.
 """
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from agentrt.engine.attention import AttentionMetadata, decode_kernel_inputs
 
@@ -38,9 +48,10 @@ class DecodeGraphs:
     kv_heads, head_dim]) for batches up to `max_batch` and block tables up to `max_blocks` wide."""
 
     def __init__(self, model, kv_cache: Tensor, block_size: int, *, max_batch: int, max_blocks: int,
-                 batch_sizes: list[int] | None = None):
-        if kv_cache.device.type != "cuda":
-            raise ValueError("CUDA graphs need the KV cache on a CUDA device")
+                 batch_sizes: list[int] | None = None, eager: bool = False):
+        if kv_cache.device.type != "cuda" and not eager:
+            raise ValueError("CUDA graphs need the KV cache on a CUDA device (eager=True runs the padded path)")
+        self.eager = eager
         self.model, self.kv_cache, self.block_size = model, kv_cache, block_size
         self.batch_sizes = sorted(set(batch_sizes or graph_batch_sizes(max_batch)))
         self.max_batch, self.max_blocks = self.batch_sizes[-1], max_blocks
@@ -52,7 +63,7 @@ class DecodeGraphs:
         self.context_lens = torch.zeros(n, dtype=torch.int32, device=dev)
         self.block_tables = torch.zeros(n, max_blocks, dtype=torch.int32, device=dev)
         self._no_mask = torch.empty(0, dtype=kv_cache.dtype, device=dev)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor]] = {}
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph | None, Tensor | None]] = {}
         self.pool = None
         self.replays = 0
 
@@ -68,6 +79,9 @@ class DecodeGraphs:
 
         if not use_triton(self.kv_cache):
             raise RuntimeError("CUDA graphs need the Triton attention path (the torch path syncs on masks)")
+        if self.eager:
+            self.graphs = {bs: (None, None) for bs in self.batch_sizes}
+            return
         self.slot_mapping.fill_(-1)
         self.context_lens.fill_(1)
         self.block_tables.zero_()
@@ -115,6 +129,50 @@ class DecodeGraphs:
             self.context_lens[n:bs].zero_()
             self.input_ids[n:bs].zero_()
             self.positions[n:bs].zero_()
-        graph.replay()
+        if graph is None:                             # eager: the same padded inputs, run directly
+            out = self.model(self.input_ids[:bs], self.positions[:bs], self.kv_cache, self._meta(bs))
+        else:
+            graph.replay()
         self.replays += 1
         return out[:n]
+
+
+class GraphedDecodeModel(nn.Module):
+    """A LlamaModel whose decode-only forwards replay CUDA graphs; every other forward (prefill,
+    mixed steps, batches or tables over the captured bounds, CPU, the torch attention path) runs
+    the model itself. Same interface as the model: config, head_dim, forward, logits."""
+
+    def __init__(self, model, *, max_batch: int, max_blocks: int, batch_sizes: list[int] | None = None,
+                 eager: bool = False):
+        super().__init__()
+        self.inner = model
+        self.eager = eager                 # DecodeGraphs(eager=True): the padded path without CUDA
+        self.config = model.config
+        self.max_batch, self.max_blocks, self.batch_sizes = max_batch, max_blocks, batch_sizes
+        self.graphs: DecodeGraphs | None = None
+
+    @property
+    def head_dim(self) -> int:
+        return self.inner.head_dim
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.inner.logits(hidden)
+
+    def capture(self, kv_cache: Tensor) -> DecodeGraphs:
+        """Capture the graphs over this cache ([layers, 2, blocks, block_size, kv_heads, head_dim])."""
+        graphs = DecodeGraphs(self.inner, kv_cache, kv_cache.shape[3], max_batch=self.max_batch,
+                              max_blocks=self.max_blocks, batch_sizes=self.batch_sizes, eager=self.eager)
+        graphs.capture()
+        self.graphs = graphs
+        return graphs
+
+    def forward(self, input_ids: Tensor, positions: Tensor, kv_cache: Tensor, meta: AttentionMetadata) -> Tensor:
+        from agentrt.engine.attention import use_triton
+
+        graphs = self.graphs
+        if (graphs is None and (kv_cache.is_cuda or self.eager) and use_triton(kv_cache)
+                and meta.num_decode == input_ids.shape[0]):
+            graphs = self.capture(kv_cache)
+        if graphs is not None and graphs.kv_cache is kv_cache and graphs.can_run(input_ids, meta):
+            return graphs.run(input_ids, positions, meta)
+        return self.inner(input_ids, positions, kv_cache, meta)
