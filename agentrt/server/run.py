@@ -7,6 +7,7 @@ and the engine closes.
 """
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -20,8 +21,12 @@ class DrainingServer(uvicorn.Server):
         self.service_state = state
 
     def handle_exit(self, sig, frame) -> None:
+        """uvicorn's, without re-raising the signal once the drain is over: a drained server exits 0."""
         self.service_state.draining = True          # new requests: 503 while the others finish
-        super().handle_exit(sig, frame)
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True                  # a second Ctrl-C: stop waiting
+        else:
+            self.should_exit = True
 
 
 def make_server(app, host: str = "127.0.0.1", port: int = 8000, *, grace: float = 30.0,
