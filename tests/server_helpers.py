@@ -17,6 +17,7 @@ class ScriptRunner:
         self.layout, self.step_seconds = layout, step_seconds
         self.block_bytes = 1024
         self.script = b"Hello there."
+        self.rules: list[tuple[bytes, bytes]] = []     # (text in the prompt, script): the first match wins
 
     def run(self, batch) -> StepOutput:
         if self.step_seconds:
@@ -26,8 +27,17 @@ class ScriptRunner:
             if req.num_computed_tokens + n == req.num_tokens:
                 pos = len(req.output_token_ids)
                 rows.append(i)
-                tokens.append(self.script[pos] if pos < len(self.script) else TINY_EOS)
+                script = self._script_for(req)
+                tokens.append(script[pos] if pos < len(script) else TINY_EOS)
         return StepOutput(tokens, None, rows)
+
+    def _script_for(self, req) -> bytes:
+        if self.rules:
+            prompt = bytes(t for t in req.prompt_token_ids if t < 256)
+            for marker, script in self.rules:
+                if marker in prompt:
+                    return script
+        return self.script
 
     def apply_moves(self, moves) -> None:
         pass

@@ -69,8 +69,9 @@ class _TooLarge(StarletteHTTPException):
         super().__init__(413)
 
 
-def program_ids(body: ProgramFields, request: Request) -> ProgramIds:
-    h = request.headers
+def program_ids(body: ProgramFields, headers=None) -> ProgramIds:
+    """The program fields of a body, or of X-Program-Id / X-Agent-Id / X-Is-Last-Step headers."""
+    h = headers if headers is not None else {}
     pid = body.program or h.get("x-program-id") or None
     agent = body.agent_id or h.get("x-agent-id") or None
     last = body.is_last_step or h.get("x-is-last-step", "").lower() in _TRUE
@@ -175,7 +176,7 @@ def create_app(engine, *, model_name: str, policy: str | None = "agentrt", api_k
 
     async def serve(body, request: Request, job_of) -> Response:
         authorize(request)
-        ids = program_ids(body, request)
+        ids = program_ids(body, request.headers)
         job: Job = job_of(body)
         slot = service.admit()
         if body.stream:
