@@ -219,12 +219,24 @@ def test_engine_on_triton_path_matches_transformers(make_engine, tiny_ref, ref_l
         return derive(meta, block_size)
 
     monkeypatch.setattr(attention, "decode_kernel_inputs", spy_inputs)
-    engine = make_engine(block_size=16, kv_cache_tokens=1024, max_num_batched_tokens=32, device=DEV.type)
+    fresh_rows = []
+    fresh = attention.fresh_kernel_inputs
+
+    def spy_fresh(meta, block_size):
+        fresh_rows.append(len(meta.fresh))
+        return fresh(meta, block_size)
+
+    monkeypatch.setattr(attention, "fresh_kernel_inputs", spy_fresh)
+    monkeypatch.setattr(attention, "FRESH_KERNEL_MIN_ROWS", 2)      # one fresh prefill: SDPA; more: the kernel
+    engine = make_engine(block_size=16, kv_cache_tokens=1024, max_num_batched_tokens=64, device=DEV.type)
     system = [(7 * j) % 250 for j in range(70)]          # >= 4 shared blocks: the CPU runner's cascade metadata
     prompts = [system + [(i * 31 + j) % 250 for j in range(4 + 5 * i)] for i in range(3)]
-    outs = engine.generate(prompts[:1], SamplingParams(max_tokens=3, ignore_eos=True, return_logits=True))
-    outs += engine.generate(prompts[1:], SamplingParams(max_tokens=4, ignore_eos=True, return_logits=True))
+    short = [[(i * 13 + j * 5) % 250 for j in range(10 + 7 * i)] for i in range(2)]
+    params = SamplingParams(max_tokens=3, ignore_eos=True, return_logits=True)
+    outs = engine.generate(short + prompts[:1], params)            # 3 fresh rows in one step, then chunks
+    outs += engine.generate(prompts[1:], params)                   # prefix-cache hits
     assert calls["decode"] and calls["prefill"], calls
+    assert fresh_rows and max(fresh_rows) >= 2, fresh_rows
     assert any(shared) or CUDA, "no decode step had shared leading blocks"
     for out in outs:
         got = torch.stack(out.logits).float().cpu()

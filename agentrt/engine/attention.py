@@ -14,7 +14,8 @@ metadata is built once per step and shared by all layers. Three kinds of work:
 
 On CUDA the same metadata drives Triton kernels instead (`agentrt.engine.kernels`): the KV store
 by slot mapping, paged decode attention with split-K straight through the block tables, and
-prefill over paged context; fresh prefills stay on SDPA. The kernels need per-row lengths
+prefill over paged context; fresh prefills take SDPA one by one when few, else all together
+through the prefill kernel (their block tables read off the slot mapping). The kernels need per-row lengths
 rather than masks: a runner may fill `decode_context_lens` and ContextPrefill's `query_start`,
 `query_len`, `kv_len`; left empty, they are derived from the masks once per step (on the first
 layer). `AGENTRT_ATTENTION` (or `set_attention_backend`) picks the path: `auto` (Triton on CUDA
@@ -60,6 +61,7 @@ class AttentionMetadata:
     # for the Triton decode kernel (optional; derived from decode_mask / decode_shared when None):
     decode_context_lens: Tensor | None = None   # [num_decode] int32 keys each decode sees, its own included
     decode_full_tables: Tensor | None = None    # [num_decode, blocks] the whole table (shared blocks included)
+    fresh_kernel: tuple | None = None           # fresh prefills as prefill-kernel rows (fresh_kernel_inputs)
 
     def to(self, device: torch.device) -> "AttentionMetadata":
         ctx = self.context
@@ -211,6 +213,26 @@ def context_kernel_inputs(ctx: ContextPrefill) -> tuple[Tensor, Tensor, Tensor]:
     return ctx.query_start, ctx.query_len, ctx.kv_len
 
 
+FRESH_KERNEL_MIN_ROWS = 4     # from this many fresh prefills in a step, one kernel launch beats one SDPA each
+
+
+def fresh_kernel_inputs(meta: AttentionMetadata, block_size: int) -> tuple[Tensor, Tensor, Tensor, int]:
+    """(block tables, query starts, lengths, longest) of the step's fresh prefills, for the
+    prefill kernel (as rows without context: kv_len = query_len). A fresh row's token j sits at
+    position j, so its block j // block_size is slot_mapping[start + j] // block_size at every
+    block's first token (entries past the row's end repeat its last block; never read)."""
+    if meta.fresh_kernel is None:
+        longest = max(n for _, n in meta.fresh)
+        width = -(-longest // block_size)
+        at = [[start + min(j * block_size, n - 1) for j in range(width)] for start, n in meta.fresh]
+        dev = meta.slot_mapping.device
+        tables = meta.slot_mapping[torch.tensor(at, device=dev)] // block_size
+        starts = torch.tensor([s for s, _ in meta.fresh], dtype=torch.int32, device=dev)
+        lens = torch.tensor([n for _, n in meta.fresh], dtype=torch.int32, device=dev)
+        meta.fresh_kernel = (tables, starts, lens, longest)
+    return meta.fresh_kernel
+
+
 def paged_attention_triton(q: Tensor, k: Tensor, v: Tensor, cache: Tensor, meta: AttentionMetadata) -> Tensor:
     """The GPU path of paged_attention: same inputs, same output."""
     from agentrt.engine import kernels
@@ -222,10 +244,14 @@ def paged_attention_triton(q: Tensor, k: Tensor, v: Tensor, cache: Tensor, meta:
     if nd:
         tables, lens = decode_kernel_inputs(meta, cache.shape[2])
         kernels.paged_decode_attention(q[:nd], cache, tables, lens, out=out[:nd])
-    for start, length in meta.fresh:
-        sl = slice(start, start + length)
-        qp, kp, vp = (t[sl].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
-        out[sl] = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=True)[0].transpose(0, 1)
+    if len(meta.fresh) >= FRESH_KERNEL_MIN_ROWS:
+        tables, qs, ql, max_len = fresh_kernel_inputs(meta, cache.shape[2])
+        kernels.paged_prefill_attention(q, cache, tables, qs, ql, ql, max_len, out=out)
+    else:
+        for start, length in meta.fresh:
+            sl = slice(start, start + length)
+            qp, kp, vp = (t[sl].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+            out[sl] = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=True)[0].transpose(0, 1)
     ctx = meta.context
     if ctx is not None:
         qs, ql, kl = context_kernel_inputs(ctx)
