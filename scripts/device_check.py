@@ -420,14 +420,15 @@ def engine_speed(steps: int, box: dict) -> dict:
         with torch.inference_mode():
             eager_h = model(ids, pos, kv, meta).clone()
             graph_h = graphs.run(ids, pos, meta).clone()
-            diff = (eager_h.float() - graph_h.float()).abs().max().item()
+            # relative: eager and graph runs may split the context differently (table widths differ)
+            diff = ((eager_h.float() - graph_h.float()).abs().max() / eager_h.float().abs().max()).item()
             te = sync_time(lambda: model(ids, pos, kv, meta), 10)
             tgr = sync_time(lambda: graphs.run(ids, pos, meta), 10)
-        ok &= diff < 5e-2
+        ok &= diff < 2e-2
         fwd[b] = dict(eager_tok_s=b / te, graph_tok_s=b / tgr, eager_ms=te * 1e3, graph_ms=tgr * 1e3, max_diff=diff)
         rows.append([b, e2e[b], b / te, b / tgr, te * 1e3, tgr * 1e3, diff])
     table(["batch", "engine tok/s (eager)", "forward tok/s eager", "forward tok/s graphs", "eager ms/step",
-           "graph ms/step", "graph vs eager max|Δh|"], rows)
+           "graph ms/step", "graph vs eager max|Δh|/max|h|"], rows)
     print(f"DecodeGraphs capture ({len(BATCHES)} sizes, {cfg.num_hidden_layers} layers): {capture_s:.1f} s; "
           f"decode context {ctx}")
     box.update(engine=engine, graphs=graphs, cfg=cfg, switch=(switch, on))
