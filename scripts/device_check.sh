@@ -78,7 +78,8 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
 fi
 
 echo "=== device_check.py ($(( $(date +%s) - start )) s so far) ==="
-timeout $(( 470 - ($(date +%s) - start) )) $PY scripts/device_check.py --out "$OUT" \
+left=$(( 470 - ($(date +%s) - start) )); [ "$left" -lt 120 ] && left=120
+timeout "$left" $PY scripts/device_check.py --out "$OUT" \
     --only "${DEVICE_CHECK_ONLY:-parity,kernel,engine,prefetch}"
 rc_check=$?
 
