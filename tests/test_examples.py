@@ -27,7 +27,7 @@ def run_example(name: str, *args: str, cwd: Path) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize("name", ["minimal_embedding.py", "custom_tools.py", "direct_engine.py"])
+@pytest.mark.parametrize("name", ["minimal_embedding.py", "custom_tools.py", "direct_engine.py", "custom_front.py"])
 def test_example_is_a_short_documented_script(name):
     source = (EXAMPLES / name).read_text()
     assert source.startswith('"""') and len(source.splitlines()) < 80
@@ -71,3 +71,11 @@ def test_direct_engine(tmp_path):
     (_, first_cached), (second_len, second_cached) = [(int(a), int(b)) for a, b in streamed]
     assert first_cached < second_cached < second_len     # the shared system prompt came from the cache
     assert re.search(r"^engine: \d+ steps, prefix hit rate \d+%$", out, re.M)
+
+
+def test_custom_front(tmp_path):
+    out = run_example("custom_front.py", "--policy", "continuum", cwd=tmp_path)
+    lines = re.findall(r"^s\d: 3 turns, (\d+) prompt tokens from the cache, (pinned for|never pinned)", out, re.M)
+    assert len(lines) == 4, out
+    assert all(int(cached) >= 2 * 128 for cached, _ in lines)     # the shared system prompt, every later turn
+    assert "continuum: predictor learned 8 bash pauses" in out

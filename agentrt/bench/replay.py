@@ -134,9 +134,12 @@ def replay_workload(trace: Trace, block_size: int) -> Workload:
 
     async def drive(engine, policy: str, probe: Probe, warmup: bool = False, options: dict | None = None):
         programs = trace.programs[:WARMUP_PROGRAMS] if warmup else trace.programs
+        options = dict(options or {})
+        if options.pop("checkpoint", None) is not None:
+            raise ValueError("a trace replay has no durable programs: drop +ckpt from --policies")
         aengine = AsyncLLMEngine(engine)
         engine.stream_text = False
-        door = WorkflowScheduler(policy, kv=aengine.kv_spec, clock=aengine.clock, **(options or {}),
+        door = WorkflowScheduler(policy, kv=aengine.kv_spec, clock=aengine.clock, **options,
                                  prefetch=lambda ids: aengine.prefetch(ids, evict=True))
         aengine.install_policy(door.engine_policy)
         probe.watch(door)

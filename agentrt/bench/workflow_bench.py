@@ -24,6 +24,7 @@ import importlib.util
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,12 +50,17 @@ WORDS = ("amber river lattice copper glacier orbit meadow cipher harbor falcon q
 Log = Callable[[str], None]
 
 
+DURABLE = "+ckpt"          # a policy run as a durable run (checkpointed every step): agentrt+ckpt
+
+
 def parse_policies(spec: str) -> list[str]:
-    """Comma-separated policy names, in the order given (duplicates dropped)."""
+    """Comma-separated policy names, in the order given (duplicates dropped); `NAME+ckpt` runs
+    NAME with every program checkpointed (its overhead is measured against NAME)."""
     names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
-    unknown = [n for n in names if n not in POLICIES]
+    unknown = [n for n in names if n.removesuffix(DURABLE) not in POLICIES]
     if unknown or not names:
-        raise ValueError(f"unknown policy {', '.join(unknown) or repr(spec)}; choose from {', '.join(POLICIES)}")
+        raise ValueError(f"unknown policy {', '.join(unknown) or repr(spec)}; choose from {', '.join(POLICIES)} "
+                         f"(add {DURABLE} to checkpoint every step, e.g. agentrt{DURABLE})")
     return names
 
 
@@ -121,8 +127,12 @@ class Harness:
                 warmup: bool = False) -> RunRecord:
         engine = self.engine(kv_tokens)
         probe = Probe(engine)
-        options = {"order": self.program_order, "max_programs": self.max_programs} if policy in PROGRAM_ORDERED else {}
-        records, wall = asyncio.run(workload.drive(engine, policy, probe, warmup, options))
+        base = policy.removesuffix(DURABLE)
+        options = {"order": self.program_order, "max_programs": self.max_programs} if base in PROGRAM_ORDERED else {}
+        with tempfile.TemporaryDirectory(prefix="agentrt-bench-") as folder:
+            if base != policy:
+                options["checkpoint"] = Path(folder) / "runs.db"
+            records, wall = asyncio.run(workload.drive(engine, base, probe, warmup, options))
         stats = engine.stats()
         belady_blocks, distinct = belady_recomputes(probe.access_log, stats["num_blocks"], probe.access_room,
                                                     probe.release_log)

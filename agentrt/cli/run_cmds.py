@@ -24,7 +24,7 @@ SHOWN_OUTPUTS = 3
 
 
 def compiled_target(target: str) -> CompiledWorkflow:
-    from agentrt.cli.target import load_workflow
+    from agentrt.graph.target import load_workflow
     from agentrt.graph import WorkflowError
     try:
         return load_workflow(target)
@@ -82,12 +82,17 @@ def run(
                                              "(see `agentrt bench workflows`)")] = "agentrt",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object (results and summary) to "
                                                          "stdout, nothing else")] = False,
+    checkpoint: Annotated[str | None, typer.Option(
+        "--checkpoint", metavar="[DB]",
+        help="make the run durable: save every program at every step in this SQLite file (alone: runs.db "
+             "under the user's data dir); after a crash or a stop, `agentrt resume RUN_ID` continues it")] = None,
 ) -> None:
     """Run a workflow: one program per input, all at once on one engine.
 
     Shows progress on stderr, then a table per program (status, job completion time, steps,
     tokens, prefix-cache hit rate) and the output. Exit code 1 when a program failed,
-    2 for bad usage (missing file, invalid workflow or input, unknown model).
+    2 for bad usage (missing file, invalid workflow or input, unknown model), 143 when stopped
+    by SIGTERM (a durable run's programs are saved: resume them).
     """
     from agentrt.cli.display import RunProgress
     from agentrt.runtime import summarize
@@ -105,14 +110,23 @@ def run(
         for x in inputs:
             workflow.initial_state(x)
         engine = load_engine(model, dtype=dtype, kv_cache_tokens=kv_cache_tokens)
+    durable = None
+    if checkpoint is not None:
+        from agentrt.cli.durable_cmds import open_run
+        durable = open_run(checkpoint, {"target": absolute_target(target), "model": model, "dtype": dtype,
+                                        "kv_cache_tokens": kv_cache_tokens, "policy": policy})
     live = not as_json and err.is_terminal
     if not as_json:
         err.print(f"[dim]running {len(inputs)} × {workflow.name} on {model} ...[/]")
+        if durable is not None:
+            err.print(f"[dim]durable run {durable['run_id']} in {durable['checkpoint']}[/]")
     started = time.monotonic()
     with RunProgress(err, len(inputs), live) as progress:
         sinks = [] if as_json else [progress]
-        results = asyncio.run(_run_all(engine, workflow, inputs, trace, sinks, policy))
+        results = run_until_stopped(_run_all(engine, workflow, inputs, trace, sinks, policy, durable), durable)
     summary = summarize(results, time.monotonic() - started)
+    if durable is not None:
+        summary["run_id"] = durable["run_id"]
     summary["engine"] = engine.stats()
     if as_json:
         emit_json({"workflow": workflow.name, "model": model, "summary": summary,
@@ -123,10 +137,43 @@ def run(
         raise typer.Exit(1)
 
 
-async def _run_all(engine, workflow, inputs, trace, sinks, policy: str) -> list[ProgramResult]:
+async def _run_all(engine, workflow, inputs, trace, sinks, policy: str, durable: dict | None = None
+                   ) -> list[ProgramResult]:
     from agentrt.runtime import Runtime
-    async with Runtime(engine, trace=trace, on_event=sinks, policy=policy) as rt:
+    durability = {} if durable is None else {"checkpoint": durable["checkpoint"], "run_id": durable["run_id"],
+                                             "run_meta": durable["meta"]}
+    async with Runtime(engine, trace=trace, on_event=sinks, policy=policy, **durability) as rt:
         return await rt.run_many(workflow, inputs)
+
+
+def absolute_target(target: str) -> str:
+    """The target as a resume in another directory finds it: a file by its absolute path."""
+    from agentrt.graph.target import _is_file, _split
+    source, attr = _split(target)
+    if not _is_file(source):
+        return target
+    return str(Path(source).resolve()) + (f":{attr}" if attr else "")
+
+
+def run_until_stopped(main, durable: dict | None):
+    """asyncio.run(main), where SIGTERM stops the programs (a durable run keeps them: exit 143)."""
+    import signal
+
+    async def guarded():
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await main
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+    try:
+        return asyncio.run(guarded())
+    except asyncio.CancelledError:
+        hint = f"; resume with: agentrt resume {durable['run_id']} --checkpoint {durable['checkpoint']}" \
+            if durable is not None else ""
+        typer.echo(f"stopped by SIGTERM{hint}", err=True)
+        raise typer.Exit(143)
 
 
 def _print_results(workflow: CompiledWorkflow, results: list[ProgramResult], summary: dict, model: str) -> None:

@@ -18,6 +18,7 @@ EVENT_KINDS = (
     "llm_start", "llm_end",              # request_id, tokens_in, tokens_out, cached_tokens, turn
     "tool_start", "tool_end",            # tool, expected_duration, duration, attempts, error
     "tool_retry",                        # tool, attempt, error
+    "tool_replayed",                     # a durable run's journal held the call's result: not made again
     "fan_out",                           # step, over, items
     "loop_limit",                        # a bounded loop took its exit
     "warning",                           # something the user should know, e.g. max_turns reached

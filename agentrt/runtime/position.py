@@ -49,6 +49,7 @@ class Position:
     lanes: list[Lane] | None = None
     conversations: dict[tuple[str, str], list[dict[str, str]]] = field(default_factory=dict)
     steps: int = 0                         # steps finished
+    visits: dict[str, int] = field(default_factory=dict)   # "<lane>|<step>" -> times it finished there
 
     def frontier(self) -> list[str]:
         """Steps to run next: the lanes' that are not done, else the node."""
@@ -60,7 +61,7 @@ class Position:
         d = {"node": self.node, "loop_counts": _loops_out(self.loop_counts),
              "lanes": None if self.lanes is None else [lane.to_dict() for lane in self.lanes],
              "conversations": [[agent, lane, messages] for (agent, lane), messages in self.conversations.items()],
-             "steps": self.steps}
+             "steps": self.steps, "visits": dict(self.visits)}
         _check_json(d)
         return d
 
@@ -68,7 +69,7 @@ class Position:
     def from_dict(cls, d: dict[str, Any]) -> "Position":
         lanes = None if d["lanes"] is None else [Lane.from_dict(x) for x in d["lanes"]]
         conversations = {(agent, lane): [dict(m) for m in messages] for agent, lane, messages in d["conversations"]}
-        return cls(d["node"], _loops_in(d["loop_counts"]), lanes, conversations, d["steps"])
+        return cls(d["node"], _loops_in(d["loop_counts"]), lanes, conversations, d["steps"], dict(d.get("visits", {})))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False)

@@ -11,21 +11,20 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agentrt.engine.params import SamplingParams
-from agentrt.engine.request import RequestMeta, RequestOutput
 from agentrt.graph.compile import CompiledWorkflow
-from agentrt.graph.state import apply_update, render
-from agentrt.graph.steps import END, Agent, Branch, FanOut, FunctionStep, LLMStep, Step, ToolStep
+from agentrt.graph.state import apply_update
+from agentrt.graph.steps import END, Branch, FanOut, FunctionStep, LLMStep, Step, ToolStep
 from agentrt.runtime.conversation import Conversation
 from agentrt.runtime.errors import ProgramError
 from agentrt.runtime.events import Event, ProgramResult
 from agentrt.runtime.position import Lane, Position
 from agentrt.runtime.toolcalls import ToolCaller
-from agentrt.sched.events import (LLMCallEnded, LLMCallStarted, ProgramEnded, ProgramStarted, StepEnded,
-                                  StepStarted)
+from agentrt.runtime.turns import AgentTurns
+from agentrt.sched.events import ProgramEnded, ProgramStarted, StepEnded, StepStarted
 
 
 _CURRENT: contextvars.ContextVar["Program"] = contextvars.ContextVar("agentrt_program")
+_STEP: contextvars.ContextVar[tuple[str, str, int]] = contextvars.ContextVar("agentrt_step")   # (lane, step, visit)
 
 
 def current_program() -> "Program":
@@ -66,12 +65,14 @@ class Program:
         self.submitted = self.clock.now()
         self.status = "pending"
         self.tools = ToolCaller(self)
+        self.turns = AgentTurns(self)
         self.task: asyncio.Task | None = None
         self.resources: dict[str, Any] = {}        # per-program things tools keep (e.g. a sandbox)
         self._deferred: list = []
         self._cancel_requested = False              # cancel() before the task got to run()
         self._started = False                       # program_start emitted
         self._step_began: dict[tuple[str, str | None], float] = {}
+        self._calls_made: Counter = Counter()       # tool calls so far in each running step (its journal ids)
         self._entered = False                       # run() entered (a cancel can now be thrown in)
 
     def defer(self, cleanup) -> None:
@@ -87,6 +88,14 @@ class Program:
         """The program between steps, as JSON-able data: `Runtime.restore` runs it on from there."""
         return {"program_id": self.id, "workflow": self.wf.name, "state": self.state.model_dump(mode="json"),
                 "position": self.position.to_dict(), "counts": dict(self.counts)}
+
+    def next_call_id(self) -> str:
+        """The journal id of the next tool call of the running step: the same on every resume."""
+        where = _STEP.get()
+        index = self._calls_made[where]
+        self._calls_made[where] += 1
+        lane, step, visit = where
+        return f"{lane}/{step}#{visit}/{index}"
 
     def prompts_of(self, agents: Collection[str]) -> list[list[int]]:
         """Prompt ids the agents would resend now (the scheduler's prefetch asks)."""
@@ -149,12 +158,15 @@ class Program:
             self.emit("error", message=error)
         self._publish(ProgramEnded(self.id, self.status, now))
         self.rt.program_ended(self.id)
-        self.emit("program_end", status=self.status, error=error, jct=round(jct, 6))
         c = self.counts
         output = getattr(self.state, self.wf.output) if self.wf.output else None
-        return ProgramResult(self.id, self.wf.name, self.status, self.state, output, error, jct,
-                             c["steps"], c["llm_calls"], c["tool_calls"], c["tokens_in"],
-                             c["tokens_out"], c["cached_tokens"])
+        result = ProgramResult(self.id, self.wf.name, self.status, self.state, output, error, jct,
+                               c["steps"], c["llm_calls"], c["tool_calls"], c["tokens_in"],
+                               c["tokens_out"], c["cached_tokens"])
+        if self.rt.journal is not None:
+            self.rt.journal.program_ended(self, result)
+        self.emit("program_end", status=self.status, error=error, jct=round(jct, 6))
+        return result
 
     def _start(self) -> None:
         self.status, self._started = "running", True
@@ -206,11 +218,15 @@ class Program:
         """A step boundary: the record takes the conversations it changed, and the step's end is told."""
         pos = self.position
         pos.steps += 1
+        visit = f"{lane.key if lane else '-'}|{node}"
+        pos.visits[visit] = pos.visits.get(visit, 0) + 1
         step = self.wf.steps[node]
         if isinstance(step, LLMStep):            # only its own conversation moved: others may be mid-turn
             key = (step.agent, lane.key if lane else "")
             pos.conversations[key] = list(self.conversations[key].messages)
         self.counts["steps"] += 1
+        if self.rt.journal is not None:
+            self.rt.journal.step_done(self)
         self.emit("step_end", step=node, duration=round(self.clock.now() - self._step_began.pop(
             (node, lane.key if lane else None)), 6), lane=lane.key if lane else None)
 
@@ -266,6 +282,9 @@ class Program:
 
     # ------------------------------------------------------------------ steps
     async def _run_step(self, step: Step, lane: Lane | None) -> None:
+        where = (lane.key if lane else "-", step.name)
+        _STEP.set((*where, self.position.visits.get("|".join(where), 0)))
+        self._calls_made.pop(_STEP.get(), None)
         now = self.clock.now()
         self._step_began[step.name, lane.key if lane else None] = now
         self._publish(StepStarted(self.id, step.name, now, dict(self.position.loop_counts)))
@@ -273,7 +292,7 @@ class Program:
                   tool=getattr(step, "tool", None), lane=lane.key if lane else None)
         try:
             if isinstance(step, LLMStep):
-                self._write(step.output, await self._llm(step, lane), lane)
+                self._write(step.output, await self.turns.step(step, lane), lane)
             elif isinstance(step, ToolStep):
                 self._write(step.output, await self.tools.step(step, self.scope(lane), self.view(lane)), lane)
             else:
@@ -329,57 +348,3 @@ class Program:
 
     def scope(self, lane: Lane | None) -> dict[str, Any]:
         return dict(self.state) if lane is None else {**dict(lane.state), **lane.locals}
-
-    # ------------------------------------------------------------------ agent turns
-    def conversation(self, agent: Agent, lane: Lane | None) -> Conversation:
-        key = (agent.name, lane.key if lane else "")
-        if key not in self.conversations:
-            main = self.conversations.get((agent.name, ""))
-            self.conversations[key] = main.fork() if main and lane else \
-                Conversation.start(self.tools.system_prompt(agent))
-        return self.conversations[key]
-
-    async def _llm(self, step: LLMStep, lane: Lane | None) -> Any:
-        agent = self.wf.agents[step.agent]
-        conv = self.conversation(agent, lane)
-        prompt = step.prompt(self.view(lane)) if callable(step.prompt) else render(step.prompt, self.scope(lane))
-        conv.add_user(prompt)
-        params = step.params or agent.params
-        text = await (self.tools.agent_loop(step, agent, conv, params) if agent.tools
-                      else self._reply(step, agent, conv, params, 0))
-        if step.parse is None:
-            return text
-        try:
-            return step.parse(text)
-        except Exception as exc:
-            raise ProgramError(step.name, f"parse raised {type(exc).__name__}: {exc}") from exc
-
-    async def _reply(self, step: LLMStep, agent: Agent, conv: Conversation, params: SamplingParams,
-                     turn: int) -> str:
-        out = await self.generate(step, agent, conv, params, turn)
-        conv.add_assistant(out.text)
-        return out.text
-
-    async def generate(self, step: LLMStep, agent: Agent, conv: Conversation, params: SamplingParams,
-                       turn: int) -> RequestOutput:
-        ids = conv.prompt_ids(self.rt.tokenizer)
-        rid = f"{self.id}/{step.name}/{self.counts['requests']}"
-        self.counts["requests"] += 1
-        self._publish(LLMCallStarted(self.id, rid, agent.name, step.name, len(ids), self.clock.now()))
-        self.emit("llm_start", step=step.name, agent=agent.name, request_id=rid, tokens_in=len(ids), turn=turn)
-        meta = RequestMeta(self.id, agent.name, step.name, self.submitted)
-        try:
-            out = await self.rt.engine.generate(ids, params, meta=meta, request_id=rid)
-        except ValueError as exc:                 # e.g. the conversation outgrew the context
-            raise ProgramError(step.name, f"agent {agent.name!r}: {exc}") from exc
-        c = self.counts
-        c["llm_calls"] += 1
-        c["tokens_in"] += len(ids)
-        c["tokens_out"] += len(out.token_ids)
-        c["cached_tokens"] += out.num_cached_tokens
-        self._publish(LLMCallEnded(self.id, rid, agent.name, step.name, len(ids), len(out.token_ids),
-                                   out.num_cached_tokens, self.clock.now()))
-        self.emit("llm_end", step=step.name, agent=agent.name, request_id=rid, tokens_in=len(ids),
-                  tokens_out=len(out.token_ids), cached_tokens=out.num_cached_tokens,
-                  finish_reason=out.finish_reason, turn=turn)
-        return out

@@ -22,6 +22,8 @@ from agentrt.engine.policy import ORDERS
 from agentrt.graph.compile import CompiledWorkflow
 from agentrt.graph.steps import END
 from agentrt.graph.workflow import Workflow
+from agentrt.runtime.checkpoint import CheckpointStore, default_path
+from agentrt.runtime.durable import RunJournal, check_unchanged, finished_result, resume_workflows as _resume_workflows
 from agentrt.runtime.events import Event, EventSink, ProgramResult, TraceWriter
 from agentrt.runtime.position import Position
 from agentrt.runtime.program import Program
@@ -47,7 +49,12 @@ class Runtime:
     otherwise). `admission` (off by default) starts a program only when the device tier can hold
     it beside the running ones, oldest first; `max_programs` (which implies admission) also caps
     how many programs run at once. Or give a `scheduler` built beforehand (e.g. with a predictor
-    trained on past tool latencies) instead of those four. Everything reads one clock: the engine's (monotonic unless it
+    trained on past tool latencies) instead of those four. `checkpoint` (a SQLite path, a
+    CheckpointStore, or True for the default path under the user's data dir) makes the run
+    durable: every program is saved at every step boundary and its tool calls are journaled, so
+    `resume(run_id)` continues it after a crash without redoing a finished step or tool call
+    (`run_id`: a new one unless given; `run_meta`: stored with the run, e.g. how to load its
+    workflow). Everything reads one clock: the engine's (monotonic unless it
     was built on another). One failing program never stops the others; `cancel()` stops one and
     frees its KV blocks.
     """
@@ -56,7 +63,8 @@ class Runtime:
                  trace: str | Path | None = None, on_event: Iterable[EventSink] = (),
                  policy: str | None = "auto", order: str | None = None, admission: bool = False,
                  max_programs: int | None = None, scheduler: WorkflowScheduler | None = None,
-                 **engine_config: Any):
+                 checkpoint: str | Path | CheckpointStore | bool | None = None, run_id: str | None = None,
+                 run_meta: Mapping[str, Any] | None = None, **engine_config: Any):
         if engine_config and not isinstance(engine, str):
             raise TypeError("engine_config applies only when the engine is given as a model name")
         if scheduler is not None and (policy not in ("auto", scheduler.name) or order or admission or max_programs):
@@ -81,6 +89,14 @@ class Runtime:
             self.sinks.append(self._trace)
         self.programs: dict[str, Program] = {}            # running or pending
         self._ids = itertools.count()
+        self.journal: RunJournal | None = None
+        if checkpoint is not None and checkpoint is not False:
+            store = checkpoint if isinstance(checkpoint, CheckpointStore) else \
+                CheckpointStore(default_path() if checkpoint is True else checkpoint)
+            self.journal = RunJournal(store, run_id, dict(run_meta or {}))
+        self._own_store = self.journal is not None and not isinstance(checkpoint, CheckpointStore)
+        if self.journal is None and run_id is not None:
+            raise ValueError("run_id names a durable run: give checkpoint= too")
         has_kv = isinstance(engine, AsyncLLMEngine)
         if policy == "auto":
             policy = None if scheduler is not None or not has_kv else "agentrt"
@@ -141,7 +157,43 @@ class Runtime:
         """Start one program now; bad inputs raise ValueError here, before anything runs."""
         compiled = workflow.compile() if isinstance(workflow, Workflow) else workflow
         state = _initial_state(compiled, inputs)
-        return self._start(Program(self, compiled, self._new_id(compiled, program_id), state))
+        program = Program(self, compiled, self._new_id(compiled, program_id), state)
+        if self.journal is not None:
+            self.journal.program_started(program, state.model_dump(mode="json"))
+        return self._start(program)
+
+    @property
+    def run_id(self) -> str | None:
+        """The durable run's id (None without checkpoint=)."""
+        return self.journal.run_id if self.journal is not None else None
+
+    async def resume(self, run_id: str, workflow: Workflow | CompiledWorkflow | Iterable | None = None
+                     ) -> list[ProgramResult]:
+        """Continue a durable run: every unfinished program (running when the process stopped,
+        or cancelled) from its last finished step; finished ones (done, failed) are reported as
+        they ended, not rerun. `workflow` (one, or several by name) defaults to the run's stored
+        `target`. Refused, naming what changed, when a program's workflow differs from the one
+        it started with."""
+        if self.journal is None:
+            raise ValueError("resume needs a checkpoint: Runtime(checkpoint=...)")
+        if self.programs or (self.journal.run_id != run_id and self.journal._created):
+            raise ValueError(f"this runtime already runs {self.journal.run_id}; resume {run_id} in a new Runtime")
+        store = self.journal.store
+        records = store.programs(run_id)
+        if not records:
+            raise ValueError(f"no run {run_id!r} in {store.path} (`agentrt runs list` shows the runs there)")
+        self.journal = RunJournal(store, run_id, store.run_meta(run_id))
+        self.journal._created = True
+        workflows = _resume_workflows(workflow, store.run_meta(run_id) or {})
+        for rec in records:
+            check_unchanged(rec, workflows.get(rec.workflow), self.journal)
+        pending = [None if rec.finished else self.restore(workflows[rec.workflow], rec.snapshot,
+                                                          program_id=rec.program_id) for rec in records]
+        results = []
+        for rec, program in zip(records, pending):
+            results.append(finished_result(rec, workflows.get(rec.workflow)) if program is None
+                           else await program.result())
+        return results
 
     def restore(self, workflow: Workflow | CompiledWorkflow, snapshot: Mapping[str, Any], *,
                 program_id: str | None = None) -> Program:
@@ -212,6 +264,8 @@ class Runtime:
             await self.engine.close()          # aborts what cancelled programs left queued
         if self._trace is not None:
             self._trace.close()
+        if self.journal is not None and self._own_store:
+            self.journal.store.close()
 
     async def __aenter__(self) -> "Runtime":
         return self

@@ -12,6 +12,7 @@ from agentrt.graph.steps import Agent, LLMStep, ToolStep
 from agentrt.runtime.conversation import Conversation
 from agentrt.runtime.errors import ProgramError
 from agentrt.sched.events import ToolEnded, ToolStarted
+from agentrt.tools.context import CallInfo
 from agentrt.tools import (TOOL_CALL_CLOSE, Tool, ToolResult, format_observation, parse_tool_call,
                            render_tool_instructions, resolve_call, tools_by_name)
 
@@ -28,7 +29,20 @@ class ToolCaller:
         return f"{agent.system}\n\n{render_tool_instructions(agent.tools)}".strip()
 
     async def call(self, tool: Tool, arguments: Any, step: str) -> ToolResult:
-        """Run a tool with its timeout and retries, reporting each attempt."""
+        """Run a tool with its timeout and retries, reporting each attempt; in a durable run,
+        through the journal (a call whose result it holds is not made again)."""
+        prog = self.program
+        journal = prog.rt.journal
+        if journal is None:
+            return await self._make(tool, arguments, step, None)
+        call_id = prog.next_call_id()
+        result, replayed = await journal.call(prog.id, call_id, tool, step,
+                                              lambda info: self._make(tool, arguments, step, info))
+        if replayed:
+            prog.emit("tool_replayed", step=step, tool=tool.name, call=call_id, error=result.error)
+        return result
+
+    async def _make(self, tool: Tool, arguments: Any, step: str, info: CallInfo | None) -> ToolResult:
         prog = self.program
         prog.counts["tool_calls"] += 1
         prog._publish(ToolStarted(prog.id, tool.name, step, prog.clock.now(), tool.expected_duration))
@@ -42,7 +56,7 @@ class ToolCaller:
                 prog.emit("tool_retry", step=step, tool=tool.name, attempt=attempt,
                           error=f"{type(error).__name__}: {error}", wait=tool.retry_delay(attempt))
 
-        result = await tool.run(arguments, on_attempt=on_attempt, clock=prog.clock)
+        result = await tool.run(arguments, on_attempt=on_attempt, clock=prog.clock, call=info)
         prog._publish(ToolEnded(prog.id, tool.name, step, prog.clock.now(), result.duration, result.error))
         prog.emit("tool_end", step=step, tool=tool.name, duration=round(result.duration, 6),
                   attempts=result.attempts, error=result.error)
@@ -66,7 +80,7 @@ class ToolCaller:
         params = params.model_copy(update={"stop": [*params.stop, TOOL_CALL_CLOSE]})
         tools = tools_by_name(agent.tools)
         for turn in range(agent.max_turns):
-            out = await prog.generate(step, agent, conv, params, turn)
+            out = await prog.turns.generate(step, agent, conv, params, turn)
             conv.add_assistant(out.text)
             parsed = parse_tool_call(out.text)
             if parsed.call is None and parsed.error is None:

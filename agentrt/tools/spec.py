@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, PydanticUserError, Validation
 from pydantic.fields import FieldInfo
 
 from agentrt.clock import MONOTONIC, Clock
+from agentrt.tools.context import CallInfo, reset_call, set_call
 
 BACKOFF_CAP = 30.0  # longest wait between two attempts, seconds
 _NAME_RE = re.compile(r"[A-Za-z_][\w.-]*")
@@ -180,11 +181,12 @@ class Tool:
     backoff: float = 0.5  # first retry waits this long, then it doubles (capped at BACKOFF_CAP)
     is_async: bool = False
     params: tuple[ToolParam, ...] = field(default=(), repr=False)
+    idempotent: bool = True  # safe to make again when a crash left it in flight (durable runs)
 
     @classmethod
     def from_function(cls, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None,
                       expected_duration: float | None = None, timeout: float | None = 30.0,
-                      retries: int = 0, backoff: float = 0.5) -> Tool:
+                      retries: int = 0, backoff: float = 0.5, idempotent: bool = True) -> Tool:
         """A Tool for `fn`; raises TypeError for an unusable signature, ValueError for bad settings."""
         if not callable(fn):
             raise TypeError(f"tool(): expected a function, got {type(fn).__name__}")
@@ -200,7 +202,7 @@ class Tool:
         model, params = _build_args(fn, name, arg_docs)
         is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
         return cls(name, fn, summary if description is None else description, model, expected_duration,
-                   timeout, int(retries), float(backoff), is_async, params)
+                   timeout, int(retries), float(backoff), is_async, params, bool(idempotent))
 
     def signature_text(self) -> str:
         """e.g. "search(query: str, k: int = 5)"."""
@@ -228,14 +230,15 @@ class Tool:
         return min(self.backoff * 2 ** (attempt - 1), BACKOFF_CAP)
 
     async def run(self, arguments: Mapping[str, Any] | BaseModel, *, on_attempt: OnAttempt | None = None,
-                  clock: Clock = MONOTONIC) -> ToolResult:
+                  clock: Clock = MONOTONIC, call: CallInfo | None = None) -> ToolResult:
         """Validate, then call the tool with a per-attempt timeout and retries; never raises a tool error.
 
         Rejected arguments give an error result with attempts=0 (the tool never ran). An already
         validated `args_model` instance is used as is. Every exception from the tool (timeouts
         included) is retried up to `retries` times. Cancellation propagates at once, never retried.
         `on_attempt(attempt, exception_or_None, attempt_seconds)` is called after each attempt.
-        Durations are read on `clock` (the runtime's).
+        Durations are read on `clock` (the runtime's). `call` (a durable run's idempotency key)
+        is what the tool sees as `current_call()`, with the attempt number filled in.
         A timed-out *sync* tool's thread cannot be killed: it is abandoned and keeps a worker of
         the default executor until the function returns.
         """
@@ -253,6 +256,7 @@ class Tool:
         while True:
             attempt += 1
             began = clock.now()
+            token = set_call((call or CallInfo(None))._replace(attempt=attempt))
             try:
                 value = await self._attempt(args, kwargs)
             except Exception as exc:  # CancelledError is a BaseException: it passes through
@@ -261,6 +265,8 @@ class Tool:
                 if on_attempt is not None:
                     on_attempt(attempt, None, clock.now() - began)
                 return ToolResult(value, None, attempt, clock.now() - start)
+            finally:
+                reset_call(token)
             if on_attempt is not None:
                 on_attempt(attempt, error, clock.now() - began)
             if attempt > self.retries:
@@ -306,11 +312,13 @@ class Tool:
 
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None,
          expected_duration: float | None = None, timeout: float | None = 30.0, retries: int = 0,
-         backoff: float = 0.5) -> Any:
-    """Make a Tool of a function: `@tool` or `@tool(expected_duration=2.0, retries=2)`."""
+         backoff: float = 0.5, idempotent: bool = True) -> Any:
+    """Make a Tool of a function: `@tool` or `@tool(expected_duration=2.0, retries=2)`.
+    `idempotent=False` says that making the call twice is harmful: a durable run that stopped
+    while such a call was in flight fails the program on resume instead of making it again."""
     def wrap(f: Callable[..., Any]) -> Tool:
         return Tool.from_function(f, name=name, description=description, expected_duration=expected_duration,
-                                  timeout=timeout, retries=retries, backoff=backoff)
+                                  timeout=timeout, retries=retries, backoff=backoff, idempotent=idempotent)
     return wrap if fn is None else wrap(fn)
 
 
