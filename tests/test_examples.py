@@ -79,3 +79,31 @@ def test_custom_front(tmp_path):
     assert len(lines) == 4, out
     assert all(int(cached) >= 2 * 128 for cached, _ in lines)     # the shared system prompt, every later turn
     assert "continuum: predictor learned 8 bash pauses" in out
+
+
+def test_openai_client_example(tmp_path):
+    out = run_example("openai_client.py", cwd=tmp_path)
+    assert "models: ['tiny-random-llama']" in out
+    assert re.search(r"^(tool call: get_weather\(.*\) finish=tool_calls|no tool call parsed; the reply comes back "
+                     r"as text \(\d+ chars\))$", out, re.M), out
+    usage = re.search(r"^streamed \d+ chunks, (\d+) tokens, (\d+) of (\d+) prompt tokens from the cache$", out, re.M)
+    assert usage and 1 <= int(usage[1]) <= 32 and 0 < int(usage[2]) < int(usage[3])   # the first turn was cached
+    assert re.search(r"^async completions: \[\d+, \d+, \d+, \d+\] tokens$", out, re.M)
+    assert "programs started: 1 ended: 1" in out                                      # is_last_step ended it
+
+
+def test_langgraph_react_example(tmp_path):
+    pytest.importorskip("langgraph")
+    out = run_example("langgraph_react.py", cwd=tmp_path)
+    rows = re.findall(r"^(trip-\d): (\d+) messages \((.*)\); \d+ prompt tokens in the last turn, \d+ from the "
+                      r"prefix cache$", out, re.M)
+    assert [r[0] for r in rows] == ["trip-1", "trip-2"], out
+    assert all(r[2].startswith("HumanMessage, AIMessage") for r in rows)
+    assert re.search(r"^agentrt saw 2 programs, 2 ended, \d+ tool pauses$", out, re.M)
+
+
+@pytest.mark.parametrize("name", ["openai_client.py", "langgraph_react.py"])
+def test_server_examples_are_short_documented_scripts(name):
+    source = (EXAMPLES / name).read_text()
+    assert source.startswith('"""') and len(source.splitlines()) < 80
+    assert "--model" in source and 'if __name__ == "__main__":' in source

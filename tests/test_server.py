@@ -156,6 +156,9 @@ def test_openai_shaped_errors(tiny):
     e = error_of(r := httpx.post(url + "/v1/programs/nobody/end", headers=h))
     assert r.status_code == 404 and e["code"] == "program_not_found"
     assert httpx.get(url + "/v1/nowhere", headers=h).status_code == 404
+    metrics = httpx.get(url + "/metrics").text
+    for status in ("400", "401", "404", "413"):
+        assert f'agentrt:request_errors_total{{status="{status}"}}' in metrics
     assert_pool_clean(tiny[1])
 
 

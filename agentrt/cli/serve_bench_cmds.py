@@ -1,6 +1,8 @@
 """`agentrt bench serve`: agent sessions through `agentrt serve`, beside the in-process engine."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -24,6 +26,7 @@ def bench_serve_cmd(
     threads: Annotated[int, typer.Option(min=1, help="torch CPU threads")] = 2,
     pause_min: Annotated[float, typer.Option(min=0.0, help="shortest tool pause, seconds")] = 0.2,
     pause_max: Annotated[float, typer.Option(min=0.0, help="longest tool pause, seconds")] = 0.8,
+    save: Annotated[Path | None, typer.Option(help="also write the JSON object to this file")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Agent sessions (turns and tool pauses) through HTTP: throughput, TTFT / ITL p50 and p99,
@@ -38,6 +41,8 @@ def bench_serve_cmd(
         result = bench_serve(model, sessions=sessions, turns=turns, output_tokens=output_tokens, runs=runs,
                              policies=names, kv_tokens=kv_device_tokens, max_num_seqs=max_num_seqs, threads=threads,
                              pause_s=(pause_min, max(pause_min, pause_max)), progress=lambda m: err.print(f"[dim]{m}[/]"))
+    if save is not None:
+        save.write_text(json.dumps(result, indent=2, default=str) + "\n")
     if as_json:
         return emit_json(result)
     t = Table("peer", "tok/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms", "mean JCT s", "hit rate",
@@ -54,4 +59,4 @@ def bench_serve_cmd(
     overhead = result["server_overhead_tput"]
     if overhead is not None:
         out.print(f"server overhead (http/agentrt vs in-process, throughput): {overhead:+.1%} (target <= 10%)")
-    out.print(f"llama.cpp server: {result['llama_cpp']}")
+    out.print(f"llama.cpp server: {result['llama_cpp']}", markup=False)

@@ -66,14 +66,21 @@ def from_validation(exc: RequestValidationError) -> APIError:
     return invalid(f"{param + ': ' if param else ''}{msg.removeprefix('Value error, ')}{more}", param)
 
 
+def _counted(request: Request, error: APIError):
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.errors.labels(str(error.status)).inc()
+    return error.response()
+
+
 def install_handlers(app) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        return exc.response()
+        return _counted(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        return from_validation(exc).response()
+        return _counted(request, from_validation(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
@@ -81,8 +88,8 @@ def install_handlers(app) -> None:
         message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
         if exc.status_code == 413:
             message = "the request body is over the server's limit (--max-body-bytes)"
-        return APIError(exc.status_code, message, code=code).response()
+        return _counted(request, APIError(exc.status_code, message, code=code))
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):
-        return APIError(500, f"internal error: {type(exc).__name__}", code="internal_error").response()
+        return _counted(request, APIError(500, f"internal error: {type(exc).__name__}", code="internal_error"))
