@@ -31,7 +31,7 @@ def bench_serve_cmd(
 ) -> None:
     """Agent sessions (turns and tool pauses) through HTTP: throughput, TTFT / ITL p50 and p99,
     mean session JCT, per server policy, beside the same engine called in-process (and
-    llama.cpp's OpenAI server on the same GGUF when llama-cpp-python[server] is installed)."""
+    llama.cpp's OpenAI server on the same GGUF when llama-cpp-python and its server extra are installed)."""
     from agentrt.bench.serve_bench import bench_serve
     with user_errors():
         names = [p.strip() for p in policies.split(",") if p.strip()]

@@ -44,6 +44,9 @@ class BodyLimit:
         too_large = APIError(413, f"the request body is over the server's limit of {self.limit} bytes "
                                   "(--max-body-bytes)", code="request_too_large")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            metrics = getattr(getattr(scope.get("app"), "state", None), "metrics", None)
+            if metrics is not None:
+                metrics.errors.labels("413").inc()
             return await too_large.response()(scope, receive, send)
         seen = 0
         self_limit = self.limit
