@@ -34,7 +34,7 @@ def demo(base_url: str, model: str) -> None:
         print(f"no tool call parsed; the reply comes back as text ({len(msg.content or '')} chars)")
         ask += [{"role": "assistant", "content": msg.content or ""}, {"role": "user", "content": "sunny, 24 C"}]
     print(f"usage: {r.usage.prompt_tokens} prompt + {r.usage.completion_tokens} completion tokens")
-    stream = client.chat.completions.create(model=model, messages=ask, max_tokens=32, stream=True,
+    stream = client.chat.completions.create(model=model, messages=ask, tools=TOOLS, max_tokens=32, stream=True,
                                             stream_options={"include_usage": True},
                                             extra_body={**job, "is_last_step": True})
     pieces, usage = [], None
