@@ -79,14 +79,17 @@ class Case:
         return self.kind != "agents"
 
 
+LLAMA = "llama.cpp"
 CASES: tuple[Case, ...] = (
-    Case("prefill512", "prefill 512 tok", "prefill", 1, 512, targets=(Target("transformers", 1.0),)),
-    Case("prefill2048", "prefill 2048 tok", "prefill", 1, 2048, targets=(Target("transformers", 1.0),)),
-    Case("decode1", "decode b1", "decode", 1, 256, 64, targets=(Target("transformers", 2.5),)),
+    Case("prefill512", "prefill 512 tok", "prefill", 1, 512,
+         targets=(Target("transformers", 1.0), Target(LLAMA, 2.0))),
+    Case("prefill2048", "prefill 2048 tok", "prefill", 1, 2048,
+         targets=(Target("transformers", 1.0), Target(LLAMA, 2.0))),
+    Case("decode1", "decode b1", "decode", 1, 256, 64, targets=(Target("transformers", 2.5), Target(LLAMA, 1.0))),
     Case("decode8", "decode b8", "decode", 8, 256, 64),
-    Case("decode32", "decode b32", "decode", 32, 256, 64, targets=(Target("transformers", 5.0),)),
+    Case("decode32", "decode b32", "decode", 32, 256, 64, targets=(Target("transformers", 5.0), Target(LLAMA, 4.0))),
     Case("agents32", "32 agents", "agents", 32, 128, 64, shared_len=1024,
-         targets=(Target("transformers", 5.0), Target("llama.cpp", 3.0))),
+         targets=(Target("transformers", 5.0), Target(LLAMA, 4.0))),
 )
 CASE_NAMES = tuple(c.name for c in CASES)
 

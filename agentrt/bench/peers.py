@@ -49,9 +49,12 @@ class Absent:
 class AgentrtPeer(Peer):
     name = "agentrt"
 
-    def __init__(self, model: str, dtype: str, threads: int):
-        self.engine = LLMEngine.from_pretrained(model, dtype=dtype, num_threads=threads)
-        self.detail = f"agentrt engine, {dtype}, continuous batching, prefix cache on"
+    def __init__(self, model: str, dtype: str, threads: int, weights: str = "auto"):
+        opts = {"weights": weights} if weights != "auto" else {"dtype": dtype}
+        self.engine = LLMEngine.from_pretrained(model, num_threads=threads, **opts)
+        self.weights = self.engine.weights
+        self.detail = (f"agentrt engine, weights {self.weights}, activations {str(self.engine.dtype).removeprefix('torch.')}, "
+                       f"continuous batching, prefix cache on")
         self._cached_tokens = 0
 
     def generate(self, prompts: list[list[int]], max_new: int) -> list[list[int]]:
@@ -141,19 +144,18 @@ def _transformers_model(model: str, dtype: torch.dtype):
         from agentrt.engine.tiny import tiny_config, tiny_reference_model
         return tiny_reference_model(tiny_config()).to(dtype)
     if model == "smollm2-135m":
-        from agentrt.engine.loader import cache_dir, smollm2_gguf_path
-        # agentrt converted the GGUF to safetensors here when its engine loaded
-        model = str(cache_dir() / "models" / f"smollm2-135m-{smollm2_gguf_path().stat().st_size}")
+        from agentrt.engine.loader import smollm2_dense_dir
+        model = str(smollm2_dense_dir())       # the GGUF dequantized once (converted on first need)
     return AutoModelForCausalLM.from_pretrained(model, dtype=dtype).eval()
 
 
-def build_peers(model: str, dtype: str, threads: int, tf_dtypes: list[str] | None = None
+def build_peers(model: str, dtype: str, threads: int, tf_dtypes: list[str] | None = None, weights: str = "auto"
                 ) -> tuple[list[Peer], list[Absent]]:
     """agentrt first (it converts and caches the weights the others read), then the peers.
     transformers runs at each of `tf_dtypes` (default: agentrt's dtype); with several, the peers
     are named transformers-<dtype> and targets take the best of them."""
     torch.set_num_threads(threads)
-    peers: list[Peer] = [AgentrtPeer(model, dtype, threads)]
+    peers: list[Peer] = [AgentrtPeer(model, dtype, threads, weights)]
     absent: list[Absent] = []
     tf_dtypes = tf_dtypes or [dtype]
     for tf_dtype in tf_dtypes:

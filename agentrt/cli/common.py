@@ -37,6 +37,19 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model alias (see `
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object to stdout instead of text")]
 EngineDTypeOpt = Annotated[str, typer.Option("--dtype", help="auto (float32 on CPU), float32 or bfloat16 "
                                                             "(2-3x faster on CPUs with AVX512-BF16)")]
+WeightsOpt = Annotated[str, typer.Option("--weights", help="auto (q4 on CPU for a GGUF model when --dtype is auto), "
+                                                         "q4 (the GGUF's 4-bit weights in torch's int4 kernels), "
+                                                         "bf16 or fp32 (dense, dequantized)")]
+KVDiskOpt = Annotated[str | None, typer.Option("--kv-disk-dir", metavar="DIR", help="share computed KV blocks "
+                                               "across runs in this directory ('auto': under the user cache dir)")]
+
+
+def disk_options(weights: str, kv_disk_dir: str | None) -> dict[str, Any]:
+    """EngineConfig fields for --weights and --kv-disk-dir (defaults left out)."""
+    opts: dict[str, Any] = {} if weights == "auto" else {"weights": weights}
+    if kv_disk_dir:
+        opts["kv_disk_dir"] = kv_disk_dir
+    return opts
 
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,

@@ -12,8 +12,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from agentrt.cli.common import (DEFAULT_MODEL, EngineDTypeOpt, JsonOpt, ModelOpt, app, bench_app, emit_json, err,
-                                load_engine, out, user_errors)
+from agentrt.cli.common import (DEFAULT_MODEL, EngineDTypeOpt, JsonOpt, KVDiskOpt, ModelOpt, WeightsOpt, app,
+                                bench_app, disk_options, emit_json, err, load_engine, out, user_errors)
 
 DEMO_QUESTIONS = (
     "What is the capital of France?",
@@ -51,13 +51,15 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="seed for reproducible sampling")] = None,
     chat: Annotated[bool, typer.Option(help="wrap each prompt as a user message (chat template)")] = True,
     dtype: EngineDTypeOpt = "auto",
+    weights: WeightsOpt = "auto",
+    kv_disk_dir: KVDiskOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate answers for one or more prompts in one batch."""
     from agentrt.engine.params import SamplingParams
     with user_errors():
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-        engine = load_engine(model, dtype=dtype)
+        engine = load_engine(model, dtype=dtype, **disk_options(weights, kv_disk_dir))
         t0 = time.perf_counter()
         outs = (engine.chat([[{"role": "user", "content": p}] for p in prompts], params) if chat
                 else engine.generate(list(prompts), params))
@@ -65,7 +67,7 @@ def generate(
     n_new = sum(len(o.token_ids) for o in outs)
     if as_json:
         return emit_json({
-            "model": model, "chat": chat, "params": params.model_dump(), "elapsed_s": elapsed,
+            "model": model, "weights": engine.weights, "chat": chat, "params": params.model_dump(), "elapsed_s": elapsed,
             "generated_tokens": n_new, "tokens_per_s": n_new / elapsed,
             "outputs": [{"prompt": p, "text": o.text, "token_ids": o.token_ids, "finish_reason": o.finish_reason,
                          "prompt_tokens": len(o.prompt_token_ids), "cached_tokens": o.num_cached_tokens}
@@ -114,6 +116,8 @@ def bench_engine(
     dtype: Annotated[DType, typer.Option(help="dtype of agentrt (and of transformers, unless --transformers-dtypes)")] = DType.float32,
     transformers_dtypes: Annotated[str | None, typer.Option(
         help="comma-separated dtypes to run transformers at, e.g. float32,bfloat16; targets use its best")] = None,
+    weights: Annotated[str, typer.Option(help="agentrt's weights: auto (its default here: q4 on CPU for a GGUF "
+                                              "model), q4, bf16 or fp32 (then --dtype is ignored for agentrt)")] = "auto",
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch and llama.cpp")] = 2,
     budget_s: Annotated[float, typer.Option(min=0, help="per case and peer: after the first measured run, "
                                                         "start none predicted to end past this many seconds")] = 20.0,
@@ -127,12 +131,18 @@ def bench_engine(
     with user_errors():
         selected = select_cases(cases)
         tf_dtypes = [DType(d.strip()).value for d in transformers_dtypes.split(",")] if transformers_dtypes else None
+        if weights not in ("auto", "q4", "bf16", "fp32"):
+            raise ValueError(f"--weights {weights!r}: choose auto, q4, bf16 or fp32")
         with err.status(f"loading {model} into agentrt, transformers and llama.cpp ..."):
-            peers, absent = build_peers(model, dtype.value, threads, tf_dtypes)
+            peers, absent = build_peers(model, dtype.value, threads, tf_dtypes, bench_weights(model, weights, dtype.value))
     for a in absent:
         err.print(f"[yellow]{a.name}: absent[/] ({a.reason})")
     results = run_bench(peers, selected, runs, budget_s, lambda m: err.print(m, markup=False, soft_wrap=True))
+    from agentrt.engine.quant import cpu_capability
+    ours = peers[0]
     settings = {"runs": runs, "budget_s": budget_s, "dtype": dtype.value, "threads": threads,
+                "weights": ours.weights, "activations": str(ours.engine.dtype).removeprefix("torch."),
+                "cpu_capability": cpu_capability(),
                 "transformers_dtypes": tf_dtypes or [dtype.value],
                 "cases": [c.name for c in selected], "method": METHOD}
     report = to_json(model, results, peers, absent, settings)
@@ -140,6 +150,25 @@ def bench_engine(
         save.write_text(json.dumps(report, indent=2) + "\n")
     if as_json:
         return emit_json(report)
-    out.print(render_table(results, peers, absent, runs, f"agentrt bench engine · {model} · {dtype.value} · {threads} threads"))
+    out.print(f"CPU capability: {cpu_capability()} · torch {torch_version()} · agentrt weights {settings['weights']} "
+              f"(activations {settings['activations']})")
+    out.print(render_table(results, peers, absent, runs, f"agentrt bench engine · {model} · agentrt {settings['weights']} · "
+                                                         f"transformers {'/'.join(settings['transformers_dtypes'])} · {threads} threads"))
+
+
+def bench_weights(model: str, weights: str, dtype: str) -> str:
+    """auto: what the engine would pick on this machine (q4 on CPU for a GGUF model), else --dtype's dense format."""
+    if weights != "auto":
+        return weights
+    from agentrt.engine import EngineConfig
+    from agentrt.engine.loader import has_gguf
+    cfg = EngineConfig()
+    fmt = cfg.weight_format(cfg.torch_device(), has_gguf(model))
+    return fmt if fmt == "q4" else {"float32": "fp32", "bfloat16": "bf16"}[dtype]
+
+
+def torch_version() -> str:
+    import torch
+    return torch.__version__
 
 

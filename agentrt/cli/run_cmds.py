@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from agentrt.cli.common import (DEFAULT_MODEL, EngineDTypeOpt, JsonOpt, ModelOpt, app, emit_json, err, fail,
-                                load_engine, out, user_errors)
+from agentrt.cli.common import (DEFAULT_MODEL, EngineDTypeOpt, JsonOpt, KVDiskOpt, ModelOpt, WeightsOpt, app,
+                                disk_options, emit_json, err, fail, load_engine, out, user_errors)
 
 # The runtime (torch) and the DSL are imported inside the commands: `agentrt --help` needs neither.
 if TYPE_CHECKING:
@@ -77,6 +77,8 @@ def run(
     model: ModelOpt = DEFAULT_MODEL,
     dtype: EngineDTypeOpt = "auto",
     kv_cache_tokens: Annotated[int, typer.Option(help="KV cache size in tokens")] = 16384,
+    weights: WeightsOpt = "auto",
+    kv_disk_dir: KVDiskOpt = None,
     trace: Annotated[Path | None, typer.Option(help="write every event as JSON lines to this file")] = None,
     policy: Annotated[str, typer.Option(help="KV policy: agentrt, kvflow, continuum or lru "
                                              "(see `agentrt bench workflows`)")] = "agentrt",
@@ -109,7 +111,7 @@ def run(
     with user_errors():
         for x in inputs:
             workflow.initial_state(x)
-        engine = load_engine(model, dtype=dtype, kv_cache_tokens=kv_cache_tokens)
+        engine = load_engine(model, dtype=dtype, kv_cache_tokens=kv_cache_tokens, **disk_options(weights, kv_disk_dir))
     durable = None
     if checkpoint is not None:
         from agentrt.cli.durable_cmds import open_run

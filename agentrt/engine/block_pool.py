@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from agentrt.engine.blocks import MAX_READERS, Block, FreeBlockQueue, chain_hash
+from agentrt.engine.disk_link import DiskLink
 from agentrt.engine.eviction import EvictionPolicy, LRUPolicy
 from agentrt.engine.host_tier import HostEntry, HostTier, Moves
 from agentrt.engine.observe import EngineObserver
@@ -34,7 +35,7 @@ class NoFreeBlocks(RuntimeError):
 
 class BlockPool:
     def __init__(self, num_blocks: int, block_size: int, policy: EvictionPolicy | None = None,
-                 host: HostTier | None = None):
+                 host: HostTier | None = None, disk: DiskLink | None = None):
         if num_blocks < 1 or block_size < 1:
             raise ValueError("num_blocks and block_size must be positive")
         self.num_blocks = num_blocks
@@ -58,6 +59,9 @@ class BlockPool:
         self.stats_dropped_blocks = 0                # victims dropped (no host tier, filtered, host full)
         self.stats_loaded_blocks = 0                 # host blocks loaded back on demand
         self.stats_prefetched_blocks = 0             # host blocks brought back ahead by a prefetch
+        self.disk = disk                             # the disk tier (agentrt.engine.disk_link), or None
+        if disk is not None and host is not None:
+            host.on_evict = disk.on_host_evicted
 
     # ---------------------------------------------------------------- capacity
     @property
@@ -103,6 +107,10 @@ class BlockPool:
         """Record the copy of an evicted leaf to the host tier (runs before the block is rewritten)."""
         host = self.host
         stored = False
+        if self.disk is not None and self.disk.cancel_load(block.block_id):
+            host = None                             # its KV never arrived from disk: nothing to keep
+        elif self.disk is not None and host is None:
+            self.disk.on_dropped(block)
         if host is None or (self._swap_filter is not None and not self._swap_filter(block)):
             self.stats_dropped_blocks += 1
         else:
@@ -119,6 +127,8 @@ class BlockPool:
     def _uncache(self, block: Block) -> None:
         if self.host is not None and self.host.pending_in:
             self.host.cancel_load(block.block_id)
+        if self.disk is not None and self.disk.pending_in:
+            self.disk.cancel_load(block.block_id)
         del self.cached[block.block_hash]
         parent = block.parent
         if parent is not None:
@@ -207,6 +217,8 @@ class BlockPool:
         else:
             self._ever_cached.add(h)
         self._insert(block, parent, h, token_ids)
+        if self.disk is not None:
+            self.disk.on_computed(block)
         return block
 
     def _insert(self, block: Block, parent: Block | None, h: int, token_ids: tuple[int, ...]) -> None:
@@ -254,6 +266,25 @@ class BlockPool:
         for entry in entries[len(loaded):]:
             host.unpin(entry)
         self.note_loaded(len(loaded), prefetched=False)
+        return loaded
+
+    def load_from_disk(self, hashes: Sequence[int], block_tokens: Sequence[tuple[int, ...]], start: int,
+                       parent: Block | None) -> list[Block]:
+        """Continue a prefix hit (blocks :start, ending at `parent`) into the disk tier: blocks whose
+        files verify get a device block each, cached at once, held by the caller, their payload
+        copied in before the step's compute (`disk.take_loads`)."""
+        payloads = self.disk.match(hashes, block_tokens, start, self.num_free)
+        loaded: list[Block] = []
+        for j, payload in enumerate(payloads, start):
+            if hashes[j] in self.cached:
+                break                              # cannot happen right after a miss; stay safe
+            block = self._take_one()
+            self._insert(block, parent, hashes[j], block_tokens[j])
+            self._ever_cached.add(hashes[j])
+            self.disk.pending_in[block.block_id] = payload
+            loaded.append(block)
+            parent = block
+        self.disk.stats_loaded += len(loaded)
         return loaded
 
     def note_loaded(self, n: int, *, prefetched: bool) -> None:

@@ -62,6 +62,7 @@ class HostTier:
         self.pending_out: list[tuple[int, HostEntry]] = []        # (device block id, entry to fill)
         self.pending_in: dict[int, HostEntry] = {}                # device block id -> entry to read
         self.stats_evicted = 0
+        self.on_evict = None                                      # called with each entry full-host evicts (disk tier)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -115,7 +116,10 @@ class HostTier:
         if not self.free_slots:
             if not len(self.leaves):
                 return None
-            self._evict(self.leaves.pop())
+            victim = self.leaves.pop()
+            if self.on_evict is not None:
+                self.on_evict(victim)
+            self._evict(victim)
         entry = HostEntry(self.free_slots.pop(), block_hash, token_ids, parent_hash, dict(readers), clock)
         self.entries[block_hash] = entry
         parent = self.entries.get(parent_hash) if parent_hash is not None else None

@@ -19,7 +19,7 @@ from agentrt.engine.config import EngineConfig
 from agentrt.engine.detokenize import update_text
 from agentrt.engine.eviction import LRUPolicy
 from agentrt.engine.host_tier import HostTier
-from agentrt.engine.loader import LoadedModel, load_model
+from agentrt.engine.loader import LoadedModel, has_gguf, load_model
 from agentrt.engine.observe import EngineObserver
 from agentrt.engine.params import SamplingParams
 from agentrt.engine.policy import EnginePolicy, KVSpec
@@ -46,7 +46,8 @@ class LLMEngine:
             torch.set_num_threads(config.num_threads)
         self.clock = clock
         self.device = config.torch_device()
-        self.dtype = config.torch_dtype(self.device)
+        self.weights = config.weight_format(self.device, loaded.gguf is not None)
+        self.dtype = config.torch_dtype(self.device, self.weights)
         self.model_name = loaded.name
         self.model_config = mc = loaded.config
         self.tokenizer = loaded.tokenizer
@@ -54,17 +55,21 @@ class LLMEngine:
         model_len = min(mc.max_position_embeddings, num_blocks * config.block_size)
         self.max_model_len = min(config.max_model_len or model_len, model_len)
         host_slots = config.host_kv_tokens // config.block_size if config.enable_prefix_caching else 0
-        self.pool = BlockPool(num_blocks, config.block_size, host=HostTier(host_slots) if host_slots else None)
+        self.pool = BlockPool(num_blocks, config.block_size, host=HostTier(host_slots) if host_slots else None,
+                              disk=self._disk_link(loaded) if config.kv_disk_dir and config.enable_prefix_caching else None)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
                                                    self.max_model_len, config.enable_prefix_caching,
                                                    config.schedule_order), self.pool)
         if runner is None:
             self.runner: Runner = ModelRunner.build(loaded, num_blocks=num_blocks, block_size=config.block_size,
                                                     max_positions=self.max_model_len, dtype=self.dtype,
-                                                    device=self.device, host_slots=host_slots)
+                                                    device=self.device, host_slots=host_slots,
+                                                    weights="q4" if self.weights == "q4" else "dense")
         else:
             self.runner = runner(RunnerLayout(num_blocks, config.block_size, host_slots, self.max_model_len))
         self.model = getattr(self.runner, "model", None)
+        if self.pool.disk is not None:
+            self._connect_disk(self.pool.disk)
         self.prefetcher = Prefetcher(self.pool, self.runner) if host_slots else None
         if policy is not None:
             self.install_policy(policy)
@@ -77,8 +82,10 @@ class LLMEngine:
     @classmethod
     def from_pretrained(cls, name_or_path: str = "smollm2-135m", **config: Any) -> "LLMEngine":
         cfg = EngineConfig(**config)
-        return cls(load_model(name_or_path, seed=cfg.seed) if name_or_path == "tiny-random-llama"
-                   else load_model(name_or_path), cfg)
+        if name_or_path == "tiny-random-llama":
+            return cls(load_model(name_or_path, seed=cfg.seed), cfg)
+        q4 = cfg.weight_format(cfg.torch_device(), has_gguf(name_or_path)) == "q4"
+        return cls(load_model(name_or_path, dense=not q4), cfg)
 
     # ---------------------------------------------------------------- requests
     def encode(self, prompt: Prompt) -> list[int]:
@@ -146,6 +153,8 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if tiers is not None:
             tiers.run_copies()             # swap-outs and loads before the compute; prefetches during it
+        if self.pool.disk is not None and self.pool.disk.pending_in:
+            self.runner.write_blocks(self.pool.disk.take_loads())     # disk hits, after the swap-outs
         if not batch.requests:
             if tiers is not None and tiers.inflight:    # nothing to compute (or their blocks are what it lacks)
                 tiers.register(wait=True)
@@ -231,6 +240,29 @@ class LLMEngine:
     def chat(self, conversations: Sequence[list[dict[str, str]]], params: SamplingParams | dict | None = None) -> list[RequestOutput]:
         return self.generate([self.apply_chat_template(c) for c in conversations], params)
 
+    # ---------------------------------------------------------------- disk tier
+    def _disk_link(self, loaded: LoadedModel):
+        from agentrt.engine.disk_link import make_disk_link
+        from agentrt.engine.loader import cache_dir
+        from agentrt.engine.model import head_dim_of
+
+        c, mc = self.config, loaded.config
+        root = cache_dir() / "kv" if c.kv_disk_dir == "auto" else c.kv_disk_dir
+        shape = (mc.num_hidden_layers, 2, c.block_size, mc.num_key_value_heads, head_dim_of(mc))
+        return make_disk_link(root, loaded, c.seed, self.dtype, self.weights, c.block_size, shape,
+                              c.kv_disk_bytes, c.kv_disk_write == "all")
+
+    def _connect_disk(self, link) -> None:
+        reads = [getattr(self.runner, n, None) for n in ("read_block", "read_host_slot", "write_blocks")]
+        if reads[0] is None or reads[2] is None:
+            raise ValueError(f"kv_disk_dir needs a runner that can read and write blocks; "
+                             f"{type(self.runner).__name__} cannot")
+        link.read_block, link.read_slot = reads[0], reads[1]
+
+    def flush_disk(self, timeout: float | None = None) -> bool:
+        """Wait until every block queued for the disk tier is written; False on timeout."""
+        return self.pool.disk.tier.flush(timeout) if self.pool.disk is not None else True
+
     # ---------------------------------------------------------------- policy and observers
     def install_policy(self, policy: EnginePolicy) -> None:
         """Set eviction, swap filter and queue order together; call it before requests run (or
@@ -274,6 +306,8 @@ class LLMEngine:
             "swapped_out_blocks": pool.stats_swapped_out_blocks, "dropped_blocks": pool.stats_dropped_blocks,
             "loaded_blocks": pool.stats_loaded_blocks, "prefetched_blocks": pool.stats_prefetched_blocks,
             "host_evicted_blocks": pool.host.stats_evicted if pool.host else 0,
+            "disk_loaded_blocks": pool.disk.stats_loaded if pool.disk else 0,
+            **({f"disk_{k}": v for k, v in pool.disk.tier.stats.items()} if pool.disk else {}),
             "prefix_hit_rate": pool.stats_hit_blocks / pool.stats_queried_blocks if pool.stats_queried_blocks else 0.0,
             "steps": self.num_steps, "waiting": len(self.scheduler.waiting), "running": len(self.scheduler.running),
         }

@@ -42,6 +42,7 @@ class LoadedModel:
     state_dict: dict[str, torch.Tensor]
     tokenizer: Any                    # a transformers tokenizer
     source: str                       # where the weights came from, for humans
+    gguf: Path | None = None          # the GGUF behind the weights, when there is one (q4 reads it)
 
 
 def cache_dir() -> Path:
@@ -51,11 +52,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "agentrt"
 
 
-def load_model(name_or_path: str, **tiny_overrides) -> LoadedModel:
+def has_gguf(name_or_path: str) -> bool:
+    """Whether the model's weights come from a GGUF (so the q4 path can read them)."""
+    return name_or_path == "smollm2-135m"
+
+
+def load_model(name_or_path: str, *, dense: bool = True, **tiny_overrides) -> LoadedModel:
+    """`dense=False`: config and tokenizer only, for engines that read the GGUF's quantized
+    tensors themselves (no dense state dict is loaded or converted)."""
     if name_or_path == "tiny-random-llama":
         return _load_tiny(**tiny_overrides)
     if name_or_path == "smollm2-135m":
-        return _load_smollm2()
+        return _load_smollm2() if dense else _load_smollm2_meta()
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return _load_hf_dir(path)
@@ -85,12 +93,46 @@ def smollm2_gguf_path() -> Path:
 
 def _load_smollm2() -> LoadedModel:
     gguf = smollm2_gguf_path()
+    target = smollm2_dense_dir()
+    loaded = _load_hf_dir(target)
+    loaded.name, loaded.source, loaded.gguf = "smollm2-135m", f"{gguf} (cached at {target})", gguf
+    return loaded
+
+
+def smollm2_dense_dir() -> Path:
+    """Where the dequantized safetensors of smollm2-135m are cached (converted on first need)."""
+    gguf = smollm2_gguf_path()
     target = cache_dir() / "models" / f"smollm2-135m-{gguf.stat().st_size}"
     if not (target / "model.safetensors").is_file():
         _convert_gguf(gguf, target)
-    loaded = _load_hf_dir(target)
-    loaded.name, loaded.source = "smollm2-135m", f"{gguf} (cached at {target})"
-    return loaded
+    return target
+
+
+def _load_smollm2_meta() -> LoadedModel:
+    """smollm2-135m's config and tokenizer (from the GGUF's metadata, cached), no weights."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    target = cache_dir() / "models" / f"smollm2-135m-{gguf.stat().st_size}-meta"
+    if not (target / "config.json").is_file():
+        tmp = Path(tempfile.mkdtemp(dir=_mkdir(target.parent), prefix=".tmp-"))
+        try:
+            config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            config.__dict__.pop("quantization_config", None)
+            config.save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+            if not target.exists():          # another process may have written it meanwhile
+                os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    config = AutoConfig.from_pretrained(target)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    return LoadedModel("smollm2-135m", config, {}, tokenizer, f"{gguf} (quantized tensors read as stored)", gguf)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:

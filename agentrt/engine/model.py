@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agentrt.engine.attention import AttentionMetadata, paged_attention
+from agentrt.engine.quant import linear_add
 
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -79,9 +80,9 @@ class DecoderLayer(nn.Module):
         qk = apply_rope(qkv[:, :(h + kvh) * d].view(n, h + kvh, d), cos, sin)
         v = qkv[:, (h + kvh) * d:].view(n, kvh, d)
         attn = paged_attention(qk[:, :h], qk[:, h:], v, cache, meta)
-        x = torch.addmm(x, attn, self.o_proj.weight.t())                   # residual add fused in the matmul
+        x = linear_add(x, attn, self.o_proj)                               # residual add fused in the matmul
         gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
-        return torch.addmm(x, F.silu(gate) * up, self.down_proj.weight.t())
+        return linear_add(x, F.silu(gate) * up, self.down_proj)
 
 
 class LlamaModel(nn.Module):
@@ -93,6 +94,7 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.tied = bool(getattr(config, "tie_word_embeddings", False))
         self.lm_head = None if self.tied else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.head: nn.Module | None = None      # a packed head (agentrt.engine.gguf_weights) instead of a dense one
         cos, sin = rope_tables(config, max_positions)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -112,6 +114,8 @@ class LlamaModel(nn.Module):
         return self.norm(x)
 
     def logits(self, hidden: Tensor) -> Tensor:
+        if self.head is not None:
+            return self.head(hidden).float()
         weight = self.embed_tokens.weight if self.tied else self.lm_head.weight
         return F.linear(hidden, weight).float()
 

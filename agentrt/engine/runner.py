@@ -54,8 +54,13 @@ def _copy(dst: list[Tensor], src: list[Tensor], non_blocking: bool = False) -> N
         d.copy_(s, non_blocking=non_blocking)
 
 
-def build_model(loaded, max_positions: int, dtype: torch.dtype, device: torch.device) -> LlamaModel:
-    """The engine's own Llama over `loaded`'s weights, cast to `dtype` (RoPE tables stay fp32)."""
+def build_model(loaded, max_positions: int, dtype: torch.dtype, device: torch.device,
+                weights: str = "dense") -> LlamaModel:
+    """The engine's own Llama over `loaded`'s weights, cast to `dtype` (RoPE tables stay fp32);
+    `weights="q4"`: the GGUF's quantized tensors in packed CPU kernels instead."""
+    if weights == "q4":
+        from agentrt.engine.gguf_weights import load_q4_model
+        return load_q4_model(loaded, max_positions, dtype, device)
     model = LlamaModel(loaded.config, max_positions=max_positions)
     model.load_hf_state_dict(loaded.state_dict)
     cos, sin = model.rope_cos, model.rope_sin
@@ -84,8 +89,9 @@ class ModelRunner:
 
     @classmethod
     def build(cls, loaded, *, num_blocks: int, block_size: int, max_positions: int, dtype: torch.dtype,
-              device: torch.device, host_slots: int = 0) -> "ModelRunner":
-        return cls(build_model(loaded, max_positions, dtype, device), num_blocks, block_size, dtype, device, host_slots)
+              device: torch.device, host_slots: int = 0, weights: str = "dense") -> "ModelRunner":
+        model = build_model(loaded, max_positions, dtype, device, weights)
+        return cls(model, num_blocks, block_size, dtype, device, host_slots)
 
     def forget(self, request_id: str) -> None:
         self.sampler.forget(request_id)
@@ -105,6 +111,18 @@ class ModelRunner:
         """Run one step's tier copies: swap-outs first (their blocks may be load targets), then loads."""
         swap_out(self.kv_cache, self.host_kv, moves.out_blocks, moves.out_slots)
         load(self.kv_cache, self.host_kv, moves.in_blocks, moves.in_slots)
+
+    # the disk tier's copies: one block's K and V over all layers, [layers, 2, block_size, kv_heads, head_dim]
+    def read_block(self, block_id: int) -> Tensor:
+        return self.kv_cache[:, :, block_id].to("cpu", copy=True)
+
+    def read_host_slot(self, slot: int) -> Tensor:
+        return self.host_kv[slot].clone()
+
+    @torch.inference_mode()
+    def write_blocks(self, payloads: dict[int, Tensor]) -> None:
+        if payloads:
+            _copy([self.kv_cache[:, :, b] for b in payloads], [p.to(self.device) for p in payloads.values()])
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> StepOutput:

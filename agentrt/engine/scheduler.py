@@ -174,6 +174,8 @@ class Scheduler:
             if len(hits) < max_blocks and self.pool.host is not None:    # continue into the host tier
                 k = len(hits)
                 hits += self.pool.load_from_host(req.block_hashes[k:max_blocks], toks[k:], hits[-1] if hits else None)
+            if len(hits) < max_blocks and self.pool.disk is not None:    # then into the disk tier
+                hits += self.pool.load_from_disk(req.block_hashes[:max_blocks], toks, len(hits), hits[-1] if hits else None)
             self.pool.note_use(hits, reader_of(req))
             req.block_table = hits
         req.num_computed_tokens = len(req.block_table) * bs
