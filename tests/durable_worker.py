@@ -3,6 +3,9 @@
     python durable_worker.py DB LOG start RUN_ID     # a new run of 8 programs
     python durable_worker.py DB LOG resume RUN_ID    # continue it
 
+or `fork_worker(...)`: the same in a forked child of a process that has already imported torch
+and built the model (no start-up cost: what lets the test kill it at 20+ points quickly).
+
 The workflow (tiny model, greedy) has tools with side effects: each execution appends
 "start <key>" and "end <key>" to LOG (its idempotency key), with a pause between them. Before a
 checkpoint write commits, the store appends "write" to LOG and pauses too, so a test can kill
@@ -28,8 +31,8 @@ from agentrt.engine.loader import load_model  # noqa: E402
 from agentrt.runtime.checkpoint import CheckpointStore  # noqa: E402
 from agentrt.tools import current_call  # noqa: E402
 
-DB, LOG, MODE, RUN = sys.argv[1:5] if len(sys.argv) >= 5 else (None, None, None, None)
 PAUSE = float(os.environ.get("DURABLE_PAUSE", "0.03"))
+LOG = None                                    # set by run_worker: where tools and writes are noted
 
 
 def note(line: str) -> None:
@@ -99,18 +102,41 @@ class SlowStore(CheckpointStore):
         time.sleep(PAUSE)
 
 
-async def main() -> None:
-    loaded = load_model("tiny-random-llama", seed=0)
+async def run_worker(db: str, log: str, mode: str, run_id: str, loaded=None) -> dict:
+    """Start (mode "start") or resume the run; every program's status and final state."""
+    global LOG
+    LOG = log
+    loaded = loaded or load_model("tiny-random-llama", seed=0)
     engine = LLMEngine(loaded, EngineConfig(device="cpu", dtype="float32", kv_cache_tokens=4096))
     wf = build()
-    async with Runtime(engine, checkpoint=SlowStore(DB), run_id=RUN, policy="agentrt") as rt:
-        if MODE == "start":
+    async with Runtime(engine, checkpoint=SlowStore(db), run_id=run_id, policy="agentrt") as rt:
+        if mode == "start":
             results = await rt.run_many(wf, [{"topic": f"topic {i}"} for i in range(8)])
         else:
-            results = await rt.resume(RUN, wf)
-    print(json.dumps({r.program_id: [r.status, r.state.model_dump(mode="json") if r.status == "done" else r.error]
-                      for r in results}))
+            results = await rt.resume(run_id, wf)
+    return {r.program_id: [r.status, r.state.model_dump(mode="json") if r.status == "done" else r.error]
+            for r in results}
+
+
+def fork_worker(db: str, log: str, mode: str, run_id: str, out: str, loaded) -> int:
+    """The run in a forked child (its pid): it writes its result as JSON to `out` and exits 0,
+    or writes the traceback there and exits 1."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        result = asyncio.run(run_worker(db, log, mode, run_id, loaded))
+        with open(out, "w", encoding="utf-8") as f:
+            json.dump(result, f)
+        code = 0
+    except BaseException:
+        import traceback
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(traceback.format_exc())
+    finally:
+        os._exit(code)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    print(json.dumps(asyncio.run(run_worker(*sys.argv[1:5]))))

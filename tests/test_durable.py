@@ -2,7 +2,7 @@
 where it stopped without redoing a finished tool call.
 
 The kill test runs tests/durable_worker.py (8 programs, tiny model, greedy, tools whose every
-execution is logged with its idempotency key) in a subprocess, kills it with SIGKILL at 22 points
+execution is logged with its idempotency key) in a forked child process, kills it with SIGKILL at 22 points
 (inside tool calls, inside the fan-out, inside checkpoint writes, at random moments), resumes it
 each time, and checks that every program ends in the state of an uninterrupted run, that no tool
 call whose result was committed was made again, and that the database stays intact.
@@ -95,13 +95,10 @@ def test_a_cancelled_run_resumes_without_redoing_finished_tool_calls(make_engine
     calls_before, committed_first = list(made), set(_done_calls(db, run_id))
     assert f"{run_id}/doc-1/-/lookup#0/0" in committed_first and f"{run_id}/doc-1/split[0]/scan#0/0" in committed_first
 
-    async def second_life():
-        async with Runtime(engine, checkpoint=db) as rt:
-            return await rt.resume(run_id, doc_workflow(made))
-    resumed = asyncio.run(second_life())
-    assert [r.status for r in resumed] == ["done", "done"]
-    assert resumed[0].state == results[0].state                 # reported as it ended, not rerun
-    assert [r.state for r in resumed] == [r.state for r in reference]
+    again_results = resumed(engine, db, run_id, doc_workflow(made))
+    assert [r.status for r in again_results] == ["done", "done"]
+    assert again_results[0].state == results[0].state           # reported as it ended, not rerun
+    assert [r.state for r in again_results] == [r.state for r in reference]
     again = made[len(calls_before):]
     assert again == [("scan", f"{run_id}/doc-1/split[1]/scan#0/0")]      # only the call that was in flight
     assert not [key for _, key in again if key in committed_first]          # no committed call made again
@@ -121,51 +118,38 @@ def _done_calls(db: Path, run_id: str) -> list[str]:
     return [f"{run_id}/{pid}/{cid}" for pid, cid in rows]
 
 
-def test_resume_refuses_a_changed_workflow_naming_what_changed(make_engine, tmp_path):
-    db = tmp_path / "runs.db"
-    engine = make_engine(kv_cache_tokens=4096)
-    made: list = []
-    gate = asyncio.Event()
-
-    async def stop_midway():
+def stopped_in_lookup(engine, db: Path, wf) -> str:
+    """Run one program of `wf` until its lookup call has started (the gate never opens), cancel it
+    there, and return the run's id: a run that stopped with a tool call in flight."""
+    async def main():
         async with Runtime(engine, checkpoint=db) as rt:
-            program = rt.submit(doc_workflow(made, gate=gate))
-            while not made:
+            program = rt.submit(wf)
+            while program.counts["tool_calls"] == 0:
                 await asyncio.sleep(0.01)
             program.cancel()
             await program.result()
             return rt.run_id
+    return asyncio.run(main())
 
-    run_id = asyncio.run(stop_midway())
 
-    async def resume_changed():
+def resumed(engine, db: Path, run_id: str, wf):
+    async def main():
         async with Runtime(engine, checkpoint=db) as rt:
-            return await rt.resume(run_id, doc_workflow(made, plan_tokens=9))
+            return await rt.resume(run_id, wf)
+    return asyncio.run(main())
+
+
+def test_resume_refuses_a_changed_workflow_naming_what_changed(make_engine, tmp_path):
+    engine, made = make_engine(kv_cache_tokens=4096), []
+    run_id = stopped_in_lookup(engine, tmp_path / "runs.db", doc_workflow(made, gate=asyncio.Event()))
     with pytest.raises(ValueError, match=r"workflow 'doc' has changed since run .*: agent 'planner': params changed"):
-        asyncio.run(resume_changed())
+        resumed(engine, tmp_path / "runs.db", run_id, doc_workflow(made, plan_tokens=9))
 
 
 def test_a_non_idempotent_call_in_flight_is_not_made_again(make_engine, tmp_path):
-    db = tmp_path / "runs.db"
-    engine = make_engine(kv_cache_tokens=4096)
-    made: list = []
-    gate = asyncio.Event()
-
-    async def stop_in_the_call():
-        async with Runtime(engine, checkpoint=db) as rt:
-            program = rt.submit(doc_workflow(made, gate=gate, idempotent=False))
-            while not made:
-                await asyncio.sleep(0.01)
-            program.cancel()                          # as a crash would: the call was started, never ended
-            await program.result()
-            return rt.run_id
-
-    run_id = asyncio.run(stop_in_the_call())
-
-    async def resume():
-        async with Runtime(engine, checkpoint=db) as rt:
-            return await rt.resume(run_id, doc_workflow(made, idempotent=False))
-    [result] = asyncio.run(resume())
+    engine, made = make_engine(kv_cache_tokens=4096), []
+    run_id = stopped_in_lookup(engine, tmp_path / "runs.db", doc_workflow(made, gate=asyncio.Event(), idempotent=False))
+    [result] = resumed(engine, tmp_path / "runs.db", run_id, doc_workflow(made, idempotent=False))
     assert result.status == "failed" and len(made) == 1
     assert f"tool call {run_id}/doc-0/-/lookup#0/0 (lookup) was in flight" in result.error
     assert "not idempotent" in result.error
@@ -202,52 +186,75 @@ def test_a_tool_sees_a_stable_idempotency_key(make_engine, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ SIGKILL
-def _worker(db: Path, log: Path, mode: str, run_id: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
-    return subprocess.Popen([PYTHON, str(WORKER), str(db), str(log), mode, run_id], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+class Life:
+    """One life of the worker's run: a forked child of this process (torch and the model already
+    loaded, so it starts at once), killed with SIGKILL or left to finish."""
+
+    def __init__(self, loaded, folder: Path, mode: str, run_id: str):
+        import durable_worker
+        self.out = folder / f"out-{time.monotonic_ns()}.json"
+        self.pid = durable_worker.fork_worker(str(folder / "runs.db"), str(folder / "calls.log"), mode, run_id,
+                                              str(self.out), loaded)
+        self.code: int | None = None
+
+    def poll(self) -> int | None:
+        if self.code is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.code = os.waitstatus_to_exitcode(status)
+        return self.code
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        _, status = os.waitpid(self.pid, 0)
+        self.code = os.waitstatus_to_exitcode(status)
+        assert self.code == -signal.SIGKILL
+
+    def finish(self, limit: float = 120.0) -> dict:
+        deadline = time.monotonic() + limit
+        while self.poll() is None:
+            assert time.monotonic() < deadline, "the worker did not finish"
+            time.sleep(0.02)
+        assert self.code == 0, self.out.read_text() if self.out.exists() else f"exit {self.code}"
+        return json.loads(self.out.read_text())
 
 
 def _lines(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
-def _wait_for(proc: subprocess.Popen, log: Path, since: int, marker: str, limit: float = 60.0) -> bool:
-    """True once a line starting with `marker` appears after line `since`; False if the process ends."""
+def _wait_for(life: Life, log: Path, since: int, marker: str, limit: float = 60.0) -> bool:
+    """True once a line starting with `marker` appears after line `since`; False if the life ends."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if any(line.startswith(marker) for line in _lines(log)[since:]):
             return True
-        if proc.poll() is not None:
+        if life.poll() is not None:
             return False
-        time.sleep(0.005)
+        time.sleep(0.002)
     raise AssertionError(f"no {marker!r} within {limit} s")
-
-
-def _finish(proc: subprocess.Popen) -> dict:
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-    return json.loads(stdout.strip().splitlines()[-1])
 
 
 KILLS = 22
 
 
 @pytest.mark.slow
-def test_sigkill_at_22_points_then_resume_ends_like_an_uninterrupted_run(tmp_path):
-    reference = _finish(_worker(tmp_path / "ref.db", tmp_path / "ref.log", "start", "ref"))
+def test_sigkill_at_22_points_then_resume_ends_like_an_uninterrupted_run(tmp_path, tiny_loaded):
+    (tmp_path / "ref").mkdir()
+    reference = Life(tiny_loaded, tmp_path / "ref", "start", "ref").finish()
     assert len(reference) == 8 and all(status == "done" for status, _ in reference.values())
     rng = random.Random(7)
     kills: list[str] = []
     runs = 0
     while len(kills) < KILLS:                      # a run that ends first: start another
         runs += 1
-        kills += _kill_and_resume_until_done(tmp_path / f"run{runs}", f"killed-{runs}", reference, rng,
-                                             KILLS - len(kills))
+        kills += _kill_and_resume_until_done(tiny_loaded, tmp_path / f"run{runs}", f"killed-{runs}", reference,
+                                             rng, KILLS - len(kills))
     assert {"start fetch", "start probe", "write", "random"} <= set(kills), kills
 
 
-def _kill_and_resume_until_done(folder: Path, run_id: str, reference: dict, rng: random.Random, most: int) -> list[str]:
+def _kill_and_resume_until_done(loaded, folder: Path, run_id: str, reference: dict, rng: random.Random,
+                                most: int) -> list[str]:
     """Kill one run at up to `most` points (its first fetch, then probes inside the fan-out,
     checkpoint writes and random moments in turn), resuming it after each; let the last life end;
     check it against `reference`. Returns the kill points."""
@@ -255,25 +262,24 @@ def _kill_and_resume_until_done(folder: Path, run_id: str, reference: dict, rng:
     db, log = folder / "runs.db", folder / "calls.log"
     plan = ["start fetch"] + ["start probe", "write", None] * most
     kills, committed_at_kill = [], []
-    proc = _worker(db, log, "start", run_id)
+    life = Life(loaded, folder, "start", run_id)
     for marker in plan[:most]:
         since = len(_lines(log))
         if marker is None:
-            alive = _wait_for(proc, log, since, "")                # anything new: the life is under way
+            alive = _wait_for(life, log, since, "")                # anything new: the life is under way
             time.sleep(rng.uniform(0.0, 0.3))
-            alive = alive and proc.poll() is None
+            alive = alive and life.poll() is None
         else:
-            alive = _wait_for(proc, log, since, marker)
+            alive = _wait_for(life, log, since, marker)
         if not alive:
             break                                                  # it finished before this kill point
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        life.kill()
         kills.append(marker or "random")
         with sqlite3.connect(db) as con:
             assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         committed_at_kill.append((set(_done_calls(db, run_id)), len(_lines(log))))
-        proc = _worker(db, log, "resume", run_id)
-    final = _finish(proc)
+        life = Life(loaded, folder, "resume", run_id)
+    final = life.finish()
     assert final == reference, f"{run_id}: a resumed program ended in another state than an uninterrupted run"
     lines = _lines(log)
     for committed, upto in committed_at_kill:                      # committed: never made again
@@ -284,6 +290,18 @@ def _kill_and_resume_until_done(folder: Path, run_id: str, reference: dict, rng:
         assert con.execute("SELECT COUNT(*) FROM programs WHERE run_id = ? AND status = 'done'",
                            (run_id,)).fetchone()[0] == 8
     return kills
+
+
+def test_the_worker_runs_as_a_script_too(tmp_path):
+    """The kill test's worker, as its own process (python durable_worker.py): one start, one resume."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
+    args = [PYTHON, str(WORKER), str(tmp_path / "w.db"), str(tmp_path / "w.log")]
+    first = subprocess.run([*args, "start", "w"], capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run([*args, "resume", "w"], capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == json.loads(first.stdout)      # finished programs: reported, not rerun
+    assert sum(ln.startswith("start ") for ln in _lines(tmp_path / "w.log")) == 8 * 4   # 1 fetch + 3 probes each
 
 
 # ------------------------------------------------------------------------------------------ SIGTERM, CLI

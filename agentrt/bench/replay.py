@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from agentrt.bench.metrics import Probe, ProgramRecord
 from agentrt.bench.traces import Trace, load_mooncake, load_tracelab
 from agentrt.bench.workflow_bench import Workload
+from agentrt.clock import VirtualClock
 from agentrt.engine.async_engine import AsyncLLMEngine
 from agentrt.engine.block_pool import chain_hash
 from agentrt.engine.params import SamplingParams
@@ -137,7 +138,7 @@ def replay_workload(trace: Trace, block_size: int) -> Workload:
         options = dict(options or {})
         if options.pop("checkpoint", None) is not None:
             raise ValueError("a trace replay has no durable programs: drop +ckpt from --policies")
-        aengine = AsyncLLMEngine(engine)
+        aengine = AsyncLLMEngine(engine, inline=isinstance(engine.clock, VirtualClock))
         engine.stream_text = False
         door = WorkflowScheduler(policy, kv=aengine.kv_spec, clock=aengine.clock, **options,
                                  prefetch=lambda ids: aengine.prefetch(ids, evict=True))

@@ -26,7 +26,8 @@ def short(name: str) -> str:
 
 def machine_info(dtype: str, threads: int) -> dict[str, Any]:
     return {
-        "cpu_count": os.cpu_count(), "threads": threads, "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": threads, "torch_threads": torch.get_num_threads(),
         "processor": _cpu_model(), "platform": platform.platform(), "python": platform.python_version(),
         "torch_version": torch.__version__, "transformers_version": _version("transformers"),
         "llama_cpp_version": _version("llama_cpp_python"), "dtype": dtype,

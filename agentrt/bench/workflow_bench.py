@@ -32,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from agentrt.bench.metrics import Probe, ProgramRecord, RunRecord, belady_recomputes
+from agentrt.clock import VirtualClock, run_virtual
 from agentrt.engine import EngineConfig, LLMEngine
 from agentrt.engine.async_engine import AsyncLLMEngine
 from agentrt.engine.loader import LoadedModel, load_model
 from agentrt.engine.model import kv_bytes_per_token
+from agentrt.engine.sim import StepProfile, load_profile, sim_runner
 from agentrt.runtime import Runtime
 from agentrt.sched.policies import POLICIES, PROGRAM_ORDERED
 
@@ -101,7 +103,7 @@ class Harness:
 
     def __init__(self, model: str, *, dtype: str = "auto", threads: int | None = None, block_size: int = 16,
                  seed: int = 0, host_tokens: int = 0, max_num_seqs: int = 64, program_order: str = "program",
-                 max_programs: int | None = None):
+                 max_programs: int | None = None, profile: str | None = None):
         self.model, self.dtype, self.threads, self.block_size = model, dtype, threads, block_size
         self.host_tokens, self.max_num_seqs = host_tokens, max_num_seqs
         # for the policies that schedule programs (continuum, agentrt): "program" (FCFS) or "las",
@@ -110,6 +112,8 @@ class Harness:
         self.loaded: LoadedModel = load_model(model, seed=seed) if model == "tiny-random-llama" else load_model(model)
         self.vocab_size = self.loaded.config.vocab_size
         self.max_positions = self.loaded.config.max_position_embeddings
+        # --backend sim: a step-time profile instead of the model, on virtual time (agentrt.engine.sim)
+        self.profile: StepProfile | None = load_profile(profile) if profile else None
 
     def kv_bytes_per_token(self) -> int:
         """Device bytes one token's K and V take over all layers, at the engine's dtype."""
@@ -121,7 +125,16 @@ class Harness:
         cfg = EngineConfig(dtype=self.dtype, block_size=self.block_size, kv_cache_tokens=kv_tokens,
                            num_threads=self.threads, max_model_len=min(self.max_positions, kv_tokens),
                            host_kv_tokens=self.host_tokens, max_num_seqs=self.max_num_seqs)
-        return LLMEngine(self.loaded, cfg)
+        if self.profile is None:
+            return LLMEngine(self.loaded, cfg)
+        clock = VirtualClock()
+        token = self.loaded.tokenizer.encode(" a", add_special_tokens=False)[-1]   # re-tokenizes as itself
+        runner = sim_runner(self.profile, clock, token=token, block_bytes=self.kv_bytes_per_token() * self.block_size)
+        return LLMEngine(self.loaded, cfg, runner=runner, clock=clock)
+
+    @property
+    def backend(self) -> str:
+        return "real" if self.profile is None else f"sim:{self.profile.name}"
 
     def one_run(self, workload: Workload, policy: str, kv_tokens: int, run: int, *,
                 warmup: bool = False) -> RunRecord:
@@ -132,7 +145,8 @@ class Harness:
         with tempfile.TemporaryDirectory(prefix="agentrt-bench-") as folder:
             if base != policy:
                 options["checkpoint"] = Path(folder) / "runs.db"
-            records, wall = asyncio.run(workload.drive(engine, base, probe, warmup, options))
+            drive = workload.drive(engine, base, probe, warmup, options)
+            records, wall = asyncio.run(drive) if self.profile is None else run_virtual(drive, engine.clock)
         stats = engine.stats()
         belady_blocks, distinct = belady_recomputes(probe.access_log, stats["num_blocks"], probe.access_room,
                                                     probe.release_log)
@@ -285,7 +299,7 @@ def workflow_workload(name: str, programs: int, rate: float, seed: int, *, outpu
         if name == "coding_agent":          # the same pauses, program by program, for every policy
             current.clear()
             current.update({pid: list(seq) for pid, seq in pauses.items()})
-        aengine = AsyncLLMEngine(engine)
+        aengine = AsyncLLMEngine(engine, inline=isinstance(engine.clock, VirtualClock))
         engine.stream_text = False          # text is only needed at the end of a turn
         rt = Runtime(aengine, policy=policy, **(options or {}))
         probe.attach(rt)

@@ -60,6 +60,10 @@ PlotOpt = Annotated[Path | None, typer.Option(help="draw a timeline per policy a
 SaveOpt = Annotated[Path | None, typer.Option(help="also write the JSON object to this file")]
 WarmupOpt = Annotated[bool, typer.Option(help="an uncounted warm-up run first (for workflows it also "
                                               "measures the working set)")]
+ProfileOpt = Annotated[str | None, typer.Option("--sim", metavar="PROFILE",
+                                                help="run on the simulated backend with this step-time profile "
+                                                     "(cpu, h100-llama3-8b, h100x4-llama3-70b, or a file): the same "
+                                                     "scheduler, pool and policies on virtual time, no model compute")]
 
 
 @bench_app.command("workflows", epilog="Examples: agentrt bench workflows --workload research_team --programs 16 · "
@@ -89,6 +93,7 @@ def bench_workflows(
     program_order: OrderOpt = ProgramOrder.fcfs,
     max_programs: ProgramsCapOpt = None,
     warmup: WarmupOpt = True,
+    sim: ProfileOpt = None,
     as_json: JsonOpt = False,
     plot: PlotOpt = None,
     save: SaveOpt = None,
@@ -100,7 +105,8 @@ def bench_workflows(
         work = workflow_workload(workload.value, programs, rate, seed, output_tokens=output_tokens, rounds=rounds,
                                  speedup=speedup)
         harness, kv_device_tokens = _load_harness(model, dtype, threads, kv_host_tokens, max_num_seqs, program_order,
-                                                  max_programs, kv_device_tokens, kv_device_bytes, seed=seed)
+                                                  max_programs, kv_device_tokens, kv_device_bytes, seed=seed,
+                                                  profile=sim)
     settings = {"workload": workload.value, "programs": programs, "rate": rate, "output_tokens": output_tokens,
                 "rounds": rounds, "speedup": speedup, "seed": seed}
     _run("workflows", harness, work, names, runs, kv_device_tokens, kv_host_tokens, tier_fraction, warmup,
@@ -156,12 +162,14 @@ def bench_replay(
 
 
 def _load_harness(model: str, dtype: str, threads: int, host_tokens: int, max_num_seqs: int, order: ProgramOrder,
-                  max_programs: int | None, device_tokens: int | None, device_bytes: str | None, *, seed: int = 0):
+                  max_programs: int | None, device_tokens: int | None, device_bytes: str | None, *, seed: int = 0,
+                  profile: str | None = None):
     """The weights and engine settings every policy shares, and the device tier in tokens."""
     from agentrt.bench.workflow_bench import Harness
     with err.status(f"loading {model} ..."):
         harness = Harness(model, dtype=dtype, threads=threads, seed=seed, host_tokens=host_tokens,
-                          max_num_seqs=max_num_seqs, program_order=_ORDER[order], max_programs=max_programs)
+                          max_num_seqs=max_num_seqs, program_order=_ORDER[order], max_programs=max_programs,
+                          profile=profile)
     return harness, _device_tokens(harness, device_tokens, device_bytes)
 
 
@@ -190,7 +198,7 @@ def _run(kind: str, harness, work, names: list[str], runs: int, kv_device_tokens
                 "kv_host_tokens": kv_host_tokens, "tier_fraction": tier_fraction if kv_device_tokens is None else None,
                 "block_size": harness.block_size, "dtype": harness.dtype, "threads": harness.threads,
                 "max_num_seqs": harness.max_num_seqs, "program_order": harness.program_order,
-                "max_programs": harness.max_programs, "warmup": warmup}
+                "max_programs": harness.max_programs, "warmup": warmup, "backend": harness.backend}
     report = report_json(kind, harness.model, work.describe, result, settings)
     if plot is not None:
         from agentrt.bench.plot import plot_result
@@ -239,7 +247,9 @@ def render_table(report: dict[str, Any]) -> Table:
     s, ws = report["settings"], report["working_set_tokens"]
     tier = report["kv_device_tokens"]
     frac = f" = {report['tier_fraction_of_working_set']:.0%} of the working set ({ws} tok)" if ws else ""
-    title = (f"agentrt bench {report['benchmark']} · {report['describe']} · {report['model']}\n"
+    backend = s.get("backend", "real")
+    on = f" · simulated ({backend[4:]} profile, virtual time)" if backend.startswith("sim:") else ""
+    title = (f"agentrt bench {report['benchmark']} · {report['describe']} · {report['model']}{on}\n"
              f"device tier {tier} tok{frac}" + (f" · host tier {s['kv_host_tokens']} tok" if s.get("kv_host_tokens")
                                                  else "") + f" · median of {s['runs']} run(s)")
     lines = [f"{p} vs lru: {r:.2f}× mean JCT" for p, r in report["vs_lru_mean_jct"].items() if r is not None]
@@ -249,6 +259,9 @@ def render_table(report: dict[str, Any]) -> Table:
             "neither recomputes anything" if t["met"] else "Bélády recomputes nothing, the policy does"
         lines.append(f"target: {t['target']}: {value} → {met}")
     lines += [f"[dim]{n}[/]" for n in report["notes"]]
+    m = report["machine"]
+    lines.append(f"[dim]machine: {m.get('cpu_capability', '?')} CPU ({m.get('processor', '?')}), "
+                 f"{m.get('threads')} threads, torch {m.get('torch_version')}[/]")
     lines.append("[dim]vs lru: lru's mean JCT / the policy's (> 1× is faster); × Bélády: recomputed blocks / "
                  "Bélády MIN's on the policy's own access log (= when both recompute none, ∞ when only the "
                  "policy does)[/]")
@@ -268,3 +281,41 @@ def render_table(report: dict[str, Any]) -> Table:
                       *([f"{m['host_loaded_blocks']:,} blk"] if host else []),
                       "—" if ratio is None else f"[{'green' if ratio >= 1 else 'red'}]{ratio:.2f}×[/]")
     return table
+
+
+@bench_app.command("calibrate", epilog="Examples: agentrt bench calibrate · agentrt bench calibrate --out my-cpu.json "
+                                       "· agentrt bench workflows --sim cpu")
+def bench_calibrate(
+    model: ModelOpt = DEFAULT_MODEL,
+    dtype: EngineDTypeOpt = "auto",
+    threads: ThreadsOpt = 2,
+    out_path: Annotated[Path | None, typer.Option("--out", help="where to write the profile (default: the "
+                                                                "package's profiles/cpu.json)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit the simulated backend's step-time model to this machine's engine (writes the `cpu` profile).
+
+    Runs decode steps at several batch sizes and contexts and prefill chunks of several sizes on the
+    real engine, then fits step = a + b·prefill tokens + c·decode sequences + d·context tokens read
+    (least squares, no negative term). Run it on an otherwise idle machine.
+    """
+    from agentrt.bench.calibrate import calibrate
+    from agentrt.bench.report import machine_info
+    from agentrt.engine.sim import PROFILE_DIR
+    with user_errors():
+        harness, _ = _load_harness(model, dtype, threads, 0, 64, ProgramOrder.fcfs, None, None, None)
+    machine = machine_info(dtype, threads)
+    cpu = f"{machine['cpu_capability']} CPU, {machine['processor']}"
+    profile = calibrate(harness.loaded, threads=threads, dtype=dtype, name="cpu", machine=cpu,
+                        block_bytes=harness.kv_bytes_per_token() * harness.block_size,
+                        log=lambda m: err.print(m, markup=False))
+    path = profile.save(out_path or PROFILE_DIR / "cpu.json")
+    if as_json:
+        return emit_json({"profile": str(path), **{k: getattr(profile, k) for k in
+                                                   ("base_s", "prefill_token_s", "decode_seq_s", "context_token_s")},
+                          "fit": {k: v for k, v in (profile.fit or {}).items() if k != "points"}})
+    f = profile.fit or {}
+    out.print(f"wrote {path}: step = {profile.base_s * 1e3:.2f} ms + {profile.prefill_token_s * 1e6:.1f} µs/prefill "
+              f"token + {profile.decode_seq_s * 1e6:.1f} µs/decode seq + {profile.context_token_s * 1e9:.2f} ns/context "
+              f"token; median |error| {f.get('median_abs_rel_error', 0):.1%}, max {f.get('max_abs_rel_error', 0):.1%} "
+              f"over {len(f.get('points', []))} steps ({cpu})")

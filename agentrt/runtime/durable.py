@@ -27,6 +27,18 @@ class RunJournal:
         self._created = False
         self._identity: dict[int, tuple[dict, str]] = {}       # id(compiled) -> (description, fingerprint)
 
+    @classmethod
+    def resuming(cls, store: CheckpointStore, run_id: str) -> "RunJournal":
+        """The journal of a run already in the store."""
+        journal = cls(store, run_id, store.run_meta(run_id))
+        journal._created = True
+        return journal
+
+    @property
+    def in_use(self) -> bool:
+        """Whether a program of this run has been recorded yet."""
+        return self._created
+
     def identity(self, wf: CompiledWorkflow) -> tuple[dict, str]:
         if id(wf) not in self._identity:
             d = describe(wf)

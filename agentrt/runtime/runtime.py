@@ -54,7 +54,8 @@ class Runtime:
     durable: every program is saved at every step boundary and its tool calls are journaled, so
     `resume(run_id)` continues it after a crash without redoing a finished step or tool call
     (`run_id`: a new one unless given; `run_meta`: stored with the run, e.g. how to load its
-    workflow). Everything reads one clock: the engine's (monotonic unless it
+    workflow). `events` ("mqtt://host:port") publishes every event to an MQTT broker, off the
+    hot path (agentrt.tools.mqtt.stream). Everything reads one clock: the engine's (monotonic unless it
     was built on another). One failing program never stops the others; `cancel()` stops one and
     frees its KV blocks.
     """
@@ -64,7 +65,7 @@ class Runtime:
                  policy: str | None = "auto", order: str | None = None, admission: bool = False,
                  max_programs: int | None = None, scheduler: WorkflowScheduler | None = None,
                  checkpoint: str | Path | CheckpointStore | bool | None = None, run_id: str | None = None,
-                 run_meta: Mapping[str, Any] | None = None, **engine_config: Any):
+                 run_meta: Mapping[str, Any] | None = None, events: str | None = None, **engine_config: Any):
         if engine_config and not isinstance(engine, str):
             raise TypeError("engine_config applies only when the engine is given as a model name")
         if scheduler is not None and (policy not in ("auto", scheduler.name) or order or admission or max_programs):
@@ -87,32 +88,34 @@ class Runtime:
         self._trace = TraceWriter(trace) if trace is not None else None
         if self._trace is not None:
             self.sinks.append(self._trace)
+        self._events = None
+        if events is not None:          # never blocks a program: a bounded buffer, drops counted
+            from agentrt.tools.mqtt.stream import EventStream
+            self._events = EventStream(events, run_id=lambda: self.run_id)
+            self.sinks.append(self._events)
         self.programs: dict[str, Program] = {}            # running or pending
         self._ids = itertools.count()
-        self.journal: RunJournal | None = None
-        if checkpoint is not None and checkpoint is not False:
-            store = checkpoint if isinstance(checkpoint, CheckpointStore) else \
-                CheckpointStore(default_path() if checkpoint is True else checkpoint)
-            self.journal = RunJournal(store, run_id, dict(run_meta or {}))
-        self._own_store = self.journal is not None and not isinstance(checkpoint, CheckpointStore)
-        if self.journal is None and run_id is not None:
-            raise ValueError("run_id names a durable run: give checkpoint= too")
-        has_kv = isinstance(engine, AsyncLLMEngine)
+        self.journal, self._own_store = _journal(checkpoint, run_id, run_meta)
+        self.scheduler = self._scheduler(scheduler, policy, order, admission, max_programs)
+
+    def _scheduler(self, given: WorkflowScheduler | None, policy: str | None, order: str | None, admission: bool,
+                   max_programs: int | None) -> WorkflowScheduler | None:
+        """The front door to workflow-aware scheduling, its policy installed in the engine."""
+        has_kv = isinstance(self.engine, AsyncLLMEngine)
         if policy == "auto":
-            policy = None if scheduler is not None or not has_kv else "agentrt"
+            policy = None if given is not None or not has_kv else "agentrt"
         needs_kv = next((what for what, asked in (("a KV policy", policy is not None), ("a scheduling order", order),
                                                   ("program admission", admission or max_programs is not None))
                          if asked), None)
         if needs_kv and not has_kv:
             raise TypeError(f"{needs_kv} needs an agentrt engine (LLMEngine or AsyncLLMEngine)")
-        self.scheduler: WorkflowScheduler | None = scheduler
-        if scheduler is not None:
-            engine.install_policy(scheduler.engine_policy)
-        elif needs_kv:                  # without a policy, order or admission alone run behind lru's door
-            self.scheduler = WorkflowScheduler(policy or "lru", kv=engine.kv_spec, prefetch=self._prefetch,
-                                               clock=self.clock, order=order, admission=admission,
-                                               max_programs=max_programs)
-            engine.install_policy(self.scheduler.engine_policy)
+        door = given
+        if door is None and needs_kv:       # without a policy, order or admission alone run behind lru's door
+            door = WorkflowScheduler(policy or "lru", kv=self.engine.kv_spec, prefetch=self._prefetch,
+                                     clock=self.clock, order=order, admission=admission, max_programs=max_programs)
+        if door is not None:
+            self.engine.install_policy(door.engine_policy)
+        return door
 
     @property
     def table(self):
@@ -176,14 +179,13 @@ class Runtime:
         it started with."""
         if self.journal is None:
             raise ValueError("resume needs a checkpoint: Runtime(checkpoint=...)")
-        if self.programs or (self.journal.run_id != run_id and self.journal._created):
+        if self.programs or (self.journal.run_id != run_id and self.journal.in_use):
             raise ValueError(f"this runtime already runs {self.journal.run_id}; resume {run_id} in a new Runtime")
         store = self.journal.store
         records = store.programs(run_id)
         if not records:
             raise ValueError(f"no run {run_id!r} in {store.path} (`agentrt runs list` shows the runs there)")
-        self.journal = RunJournal(store, run_id, store.run_meta(run_id))
-        self.journal._created = True
+        self.journal = RunJournal.resuming(store, run_id)
         workflows = _resume_workflows(workflow, store.run_meta(run_id) or {})
         for rec in records:
             check_unchanged(rec, workflows.get(rec.workflow), self.journal)
@@ -264,6 +266,8 @@ class Runtime:
             await self.engine.close()          # aborts what cancelled programs left queued
         if self._trace is not None:
             self._trace.close()
+        if self._events is not None:
+            await asyncio.to_thread(self._events.close)
         if self.journal is not None and self._own_store:
             self.journal.store.close()
 
@@ -272,6 +276,17 @@ class Runtime:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+
+def _journal(checkpoint, run_id: str | None, run_meta) -> tuple[RunJournal | None, bool]:
+    """The durable run's journal (None without a checkpoint), and whether the runtime opened its store."""
+    if checkpoint is None or checkpoint is False:
+        if run_id is not None:
+            raise ValueError("run_id names a durable run: give checkpoint= too")
+        return None, False
+    own = not isinstance(checkpoint, CheckpointStore)
+    store = CheckpointStore(default_path() if checkpoint is True else checkpoint) if own else checkpoint
+    return RunJournal(store, run_id, dict(run_meta or {})), own
 
 
 def _initial_state(compiled: CompiledWorkflow, inputs: Inputs) -> BaseModel:

@@ -1,0 +1,102 @@
+"""`agentrt bench calibrate`: measure this machine's engine and fit the simulated backend's
+step-time model to it (a `cpu` profile).
+
+Method: batches of known shape run on the real engine (decode-only steps at several batch sizes
+and contexts; prefill chunks of several sizes, fresh and after cached context); every step's
+wall time is paired with its shape as the scheduler published it (an observer); least squares
+fits step = a + b * prefill tokens + c * decode sequences + d * context tokens read, with no
+coefficient below zero (a negative one is dropped and the rest refitted). The profile records
+every point and the fit's residuals, so how well the model fits is in the file itself.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from agentrt.engine import EngineConfig, LLMEngine
+from agentrt.engine.loader import LoadedModel
+from agentrt.engine.observe import EngineObserver
+from agentrt.engine.params import SamplingParams
+from agentrt.engine.sim import StepProfile, batch_shape
+
+TERMS = ("base_s", "prefill_token_s", "decode_seq_s", "context_token_s")
+DECODE_BATCHES = (1, 4, 16, 32)
+DECODE_CONTEXTS = (128, 768)
+PREFILL_CHUNKS = (64, 256, 1024, 2048)
+
+
+class _Shapes(EngineObserver):
+    def __init__(self) -> None:
+        self.last: tuple[int, int, int] | None = None
+
+    def on_step(self, batch, in_use: int) -> None:
+        self.last = batch_shape(batch)
+
+
+def _prompt(i: int, n: int, vocab: int) -> list[int]:
+    return [1 + (i * 7919 + j * 31) % (vocab - 2) for j in range(n)]
+
+
+def measure(loaded: LoadedModel, *, threads: int, dtype: str = "auto", log: Callable[[str], None] = print
+            ) -> list[tuple[tuple[int, int, int], float]]:
+    """(shape, seconds) of every measured step."""
+    points: list[tuple[tuple[int, int, int], float]] = []
+    vocab = loaded.config.vocab_size
+    cases = [("decode", b, c) for b in DECODE_BATCHES for c in DECODE_CONTEXTS] + \
+            [("prefill", 1, n) for n in PREFILL_CHUNKS] + [("prefill-after-context", 1, n) for n in PREFILL_CHUNKS[:3]]
+    for kind, batch, size in cases:
+        engine = LLMEngine(loaded, EngineConfig(dtype=dtype, num_threads=threads, kv_cache_tokens=65536,
+                                                max_num_batched_tokens=max(2048, size), enable_prefix_caching=True))
+        shapes = _Shapes()
+        engine.add_observer(shapes)
+        if kind == "prefill-after-context":                 # a cached prefix, then a chunk that reads it
+            engine.generate([_prompt(0, 1024, vocab)], SamplingParams(max_tokens=1, ignore_eos=True))
+            prompts = [_prompt(0, 1024, vocab) + _prompt(1, size, vocab)]
+        else:
+            prompts = [_prompt(i, size if kind != "decode" else size, vocab) for i in range(batch)]
+        new = 24 if kind == "decode" else 1
+        for p in prompts:
+            engine.add_request(p, SamplingParams(max_tokens=new, ignore_eos=True, temperature=0.0))
+        case_points = []
+        while engine.has_unfinished():
+            began = time.perf_counter()
+            engine.step()
+            case_points.append((shapes.last, time.perf_counter() - began))
+        keep = case_points[2:] if kind == "decode" else case_points[-1:]   # decode: past the prefill steps
+        if kind == "decode":
+            keep = [pt for pt in keep if pt[0][0] == 0]
+        points += keep
+        log(f"  {kind:<22} batch {batch:>3} size {size:>5}: {len(keep)} steps, median "
+            f"{1000 * statistics.median(s for _, s in keep):.1f} ms")
+    return points
+
+
+def fit(points: list[tuple[tuple[int, int, int], float]]) -> tuple[dict[str, float], dict]:
+    """Non-negative least squares over the four terms (by dropping negative ones)."""
+    x = np.array([[1.0, p, d, c] for (p, d, c), _ in points])
+    y = np.array([s for _, s in points])
+    active = list(range(len(TERMS)))
+    while True:
+        coef, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
+        if (coef >= 0).all() or len(active) == 1:
+            break
+        active.pop(int(np.argmin(coef)))
+    values = {name: 0.0 for name in TERMS}
+    for i, c in zip(active, coef):
+        values[TERMS[i]] = float(max(c, 0.0))
+    pred = x @ np.array([values[t] for t in TERMS])
+    rel = np.abs(pred - y) / y
+    return values, {"points": [[*shape, round(s, 6)] for shape, s in points],
+                    "median_abs_rel_error": round(float(np.median(rel)), 4), "max_abs_rel_error": round(float(rel.max()), 4)}
+
+
+def calibrate(loaded: LoadedModel, *, threads: int, dtype: str, name: str, machine: str,
+              block_bytes: int, log: Callable[[str], None] = print) -> StepProfile:
+    points = measure(loaded, threads=threads, dtype=dtype, log=log)
+    values, details = fit(points)
+    return StepProfile(name=name, source=f"agentrt bench calibrate on this machine ({machine}; {loaded.name}, "
+                                         f"{dtype}, {threads} threads)", block_bytes=block_bytes, fit=details,
+                       host_bytes_per_s=10e9, **values)

@@ -1,0 +1,112 @@
+"""The simulated backend: a Runner that computes no tensors. Each batch advances a virtual clock
+by a step-time model and returns a token per sampling row; the engine's scheduler, block pool,
+tiers and every policy above it run as they do on the real model.
+
+Step time = a + b * prefill tokens + c * decode sequences + d * context tokens read by attention
+(the prefix each scheduled token attends to), from a `StepProfile`: a data file under
+agentrt/engine/profiles/ naming its source (a calibration of this machine's engine, or a
+published fit). Host-tier copies take block bytes over the profile's link bandwidth.
+
+>>> profile = load_profile("cpu")
+>>> clock = VirtualClock()
+>>> engine = LLMEngine(loaded, config, runner=sim_runner(profile, clock), clock=clock)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from agentrt.clock import VirtualClock
+from agentrt.engine.backend import RunnerLayout, StepOutput
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+
+
+@dataclass(frozen=True, slots=True)
+class StepProfile:
+    name: str
+    source: str                        # where the figures come from (a calibration, a paper, a simulator)
+    base_s: float                      # a: per step
+    prefill_token_s: float             # b: per prefill token
+    decode_seq_s: float                # c: per decode sequence
+    context_token_s: float = 0.0       # d: per context token attention reads (prefill and decode)
+    host_bytes_per_s: float = 10e9     # host <-> device copies
+    block_bytes: int = 0               # one KV block over all layers (0: the engine's model decides)
+    kv_capacity_tokens: int | None = None   # device tier (None: the engine config's)
+    fit: dict[str, Any] | None = None  # calibration details: points, residuals
+
+    def step_seconds(self, prefill_tokens: int, decode_seqs: int, context_tokens: int) -> float:
+        return (self.base_s + self.prefill_token_s * prefill_tokens + self.decode_seq_s * decode_seqs
+                + self.context_token_s * context_tokens)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
+
+
+def load_profile(name_or_path: str | Path) -> StepProfile:
+    """A profile by name (a file in agentrt/engine/profiles/) or by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILE_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        raise ValueError(f"no step profile {str(name_or_path)!r}; choose from {', '.join(profile_names())} or give a "
+                         f"path (`agentrt bench calibrate` writes one for this machine)")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    known = {f.name for f in fields(StepProfile)}
+    return StepProfile(**{k: v for k, v in data.items() if k in known})
+
+
+def batch_shape(batch) -> tuple[int, int, int]:
+    """(prefill tokens, decode sequences, context tokens read) of a scheduled batch."""
+    prefill = decode = context = 0
+    for req, n in zip(batch.requests, batch.num_new_tokens):
+        if n == 1 and req.num_computed_tokens >= req.num_prompt_tokens:
+            decode += 1
+        else:
+            prefill += n
+        context += n * req.num_computed_tokens + n * (n + 1) // 2
+    return prefill, decode, context
+
+
+class SimRunner:
+    """Implements agentrt.engine.backend.Runner on a virtual clock."""
+
+    def __init__(self, layout: RunnerLayout, profile: StepProfile, clock: VirtualClock, *, token: int,
+                 block_bytes: int):
+        self.layout, self.profile, self.clock, self.token = layout, profile, clock, token
+        self.block_bytes = profile.block_bytes or block_bytes
+        self.steps = 0
+        self.busy_s = 0.0                  # virtual seconds spent computing
+
+    def run(self, batch) -> StepOutput:
+        seconds = self.profile.step_seconds(*batch_shape(batch))
+        self.clock.advance(seconds)
+        self.steps += 1
+        self.busy_s += seconds
+        rows = [i for i, (req, n) in enumerate(zip(batch.requests, batch.num_new_tokens))
+                if req.num_computed_tokens + n == req.num_tokens]
+        return StepOutput([self.token] * len(rows), None, rows)
+
+    def apply_moves(self, moves) -> None:
+        n = len(moves.out_blocks) + len(moves.in_blocks)
+        self.clock.advance(n * self.block_bytes / self.profile.host_bytes_per_s)
+
+    def prefetch_copy(self, block_ids, slots) -> None:
+        pass                               # overlaps compute: no time of its own on the step's clock
+
+    def forget(self, request_id: str) -> None:
+        pass
+
+
+def sim_runner(profile: StepProfile, clock: VirtualClock, *, token: int, block_bytes: int):
+    """A runner factory for LLMEngine(runner=...)."""
+    return lambda layout: SimRunner(layout, profile, clock, token=token, block_bytes=block_bytes)

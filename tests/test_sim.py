@@ -1,0 +1,90 @@
+"""The simulated backend: the real scheduler, pool and policies over a Runner that only advances a
+virtual clock by a step-time profile; its calibration fit; and `bench workflows --sim` running
+in virtual time, deterministic for a seed."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from agentrt.bench.calibrate import fit
+from agentrt.clock import VirtualClock
+from agentrt.engine import EngineConfig, LLMEngine, SamplingParams
+from agentrt.engine.observe import EngineObserver
+from agentrt.engine.sim import StepProfile, batch_shape, load_profile, profile_names, sim_runner
+
+PROFILE = StepProfile("test", "hand-made", base_s=0.01, prefill_token_s=1e-4, decode_seq_s=2e-3, context_token_s=1e-6)
+
+
+def sim_engine(tiny_loaded, profile=PROFILE, **config):
+    clock = VirtualClock()
+    cfg = EngineConfig(device="cpu", dtype="float32", kv_cache_tokens=2048, **config)
+    return LLMEngine(tiny_loaded, cfg, runner=sim_runner(profile, clock, token=97, block_bytes=4096), clock=clock)
+
+
+def test_the_clock_moves_by_the_profile_for_every_step_shape(tiny_loaded):
+    engine = sim_engine(tiny_loaded, max_num_batched_tokens=64)
+    shapes = []
+
+    class Shapes(EngineObserver):
+        def on_step(self, batch, in_use):
+            shapes.append(batch_shape(batch))
+    engine.add_observer(Shapes())
+    outs = engine.generate([[5] * 100, [6] * 30], SamplingParams(max_tokens=5, ignore_eos=True))
+    assert [o.token_ids for o in outs] == [[97] * 5, [97] * 5]
+    expected = sum(PROFILE.step_seconds(*s) for s in shapes)
+    assert engine.clock.now() == pytest.approx(expected)
+    assert shapes[0] == (64, 0, 64 * 65 // 2)                       # a first chunk of 64 fresh tokens
+    assert any(d == 2 and p == 0 for p, d, _ in shapes)             # decode steps of both
+    assert outs[0].metrics["latency_s"] <= engine.clock.now()
+
+
+def test_profiles_on_disk_name_their_source():
+    names = profile_names()
+    assert {"h100-llama3-8b", "h100x4-llama3-70b"} <= set(names)
+    big = load_profile("h100x4-llama3-70b")
+    assert big.base_s == 0.0126 and big.prefill_token_s == 7.64e-05 and "BLIS" in big.source
+    with pytest.raises(ValueError, match="no step profile 'nope'"):
+        load_profile("nope")
+
+
+def test_the_fit_recovers_known_coefficients_and_drops_a_negative_term():
+    rng = np.random.default_rng(0)
+    truth = {"base_s": 0.02, "prefill_token_s": 5e-4, "decode_seq_s": 3e-3, "context_token_s": 2e-7}
+    points = []
+    for i in range(80):                         # as the calibration measures: decode-only steps and prefill chunks
+        if i % 2:
+            p, d, c = 0, int(rng.integers(1, 33)), int(rng.integers(100, 30000))
+        else:
+            p, d, c = int(rng.integers(16, 2048)), 0, int(rng.integers(0, 200000))
+        s = truth["base_s"] + truth["prefill_token_s"] * p + truth["decode_seq_s"] * d + truth["context_token_s"] * c
+        points.append(((p, d, c), s * (1 + rng.normal(0, 0.01))))
+    values, details = fit(points)
+    for k, v in truth.items():
+        assert values[k] == pytest.approx(v, rel=0.1), k
+    assert details["median_abs_rel_error"] < 0.02
+    # steps that get faster with context: that term cannot be negative, it goes
+    values, _ = fit([((100, 0, c), 0.05 - 1e-7 * c) for c in range(0, 100000, 5000)])
+    assert values["context_token_s"] == 0.0 and min(values.values()) >= 0.0
+
+
+def test_bench_workflows_on_the_simulated_backend_runs_in_virtual_time_and_repeats(tiny_loaded):
+    from agentrt.bench.workflow_bench import Harness, run_bench, workflow_workload
+
+    def once():
+        harness = Harness("tiny-random-llama", threads=1, profile="h100-llama3-8b")
+        work = workflow_workload("coding_agent", 4, 0.0, 0, output_tokens=8, rounds=2, speedup=1.0)
+        return run_bench(harness, work, ["lru", "agentrt"], 1, 512, 0.4, lambda m: None, warmup=False)
+
+    began = time.perf_counter()
+    a = once()
+    wall = time.perf_counter() - began
+    b = once()
+    ja = {p: [r.jct_s for r in runs[0].programs] for p, runs in a.runs.items()}
+    jb = {p: [r.jct_s for r in runs[0].programs] for p, runs in b.runs.items()}
+    assert ja == jb                                              # deterministic for a seed
+    assert all(r.status == "done" for runs in a.runs.values() for r in runs[0].programs)
+    pauses = min(min(js) for js in ja.values())
+    assert pauses > 0.05 and wall < 60                           # virtual seconds of tool pauses, no wall wait
+    assert a.runs["agentrt"][0].steps > 0
