@@ -26,6 +26,8 @@ class EngineConfig(BaseModel):
         "request", description="queue and step-budget order: FCFS by request, by program arrival, or least "
                                "attained service by program (the runtime's hints)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    cuda_graphs: bool = Field(True, description="on CUDA, replay decode steps from CUDA graphs captured at a few "
+                                                "batch sizes (no effect on CPU)")
     seed: int = Field(0, description="seed for tiny-random-llama's weights")
     weights: Literal["auto", "q4", "bf16", "fp32"] = Field(
         "auto", description="q4: the GGUF's 4-bit linears through torch's CPU int4 kernels (int8 head); bf16, fp32: "

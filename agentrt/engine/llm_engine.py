@@ -64,6 +64,7 @@ class LLMEngine:
             self.runner: Runner = ModelRunner.build(loaded, num_blocks=num_blocks, block_size=config.block_size,
                                                     max_positions=self.max_model_len, dtype=self.dtype,
                                                     device=self.device, host_slots=host_slots,
+                                                    graph_batch=config.max_num_seqs if config.cuda_graphs else 0,
                                                     weights="q4" if self.weights == "q4" else "dense")
         else:
             self.runner = runner(RunnerLayout(num_blocks, config.block_size, host_slots, self.max_model_len))

@@ -89,8 +89,14 @@ class ModelRunner:
 
     @classmethod
     def build(cls, loaded, *, num_blocks: int, block_size: int, max_positions: int, dtype: torch.dtype,
-              device: torch.device, host_slots: int = 0, weights: str = "dense") -> "ModelRunner":
+              device: torch.device, host_slots: int = 0, graph_batch: int = 0,
+              weights: str = "dense") -> "ModelRunner":
+        """The runner over `loaded`'s weights; on CUDA with `graph_batch` > 0, decode steps up to
+        that batch replay CUDA graphs (captured on the first decode-only step)."""
         model = build_model(loaded, max_positions, dtype, device, weights)
+        if device.type == "cuda" and graph_batch > 0:
+            from agentrt.engine.cuda_graphs import GraphedDecodeModel
+            model = GraphedDecodeModel(model, max_batch=graph_batch, max_blocks=-(-max_positions // block_size))
         return cls(model, num_blocks, block_size, dtype, device, host_slots)
 
     def forget(self, request_id: str) -> None:
