@@ -251,6 +251,8 @@ def test_sigkill_at_22_points_then_resume_ends_like_an_uninterrupted_run(tmp_pat
         kills += _kill_and_resume_until_done(tiny_loaded, tmp_path / f"run{runs}", f"killed-{runs}", reference,
                                              rng, KILLS - len(kills))
     assert {"start fetch", "start probe", "write", "random"} <= set(kills), kills
+    print(f"\nSIGKILL at {len(kills)} points over {runs} runs of 8 programs: "
+          + ", ".join(f"{kills.count(k)} {k}" for k in ("start fetch", "start probe", "write", "random")))
 
 
 def _kill_and_resume_until_done(loaded, folder: Path, run_id: str, reference: dict, rng: random.Random,
