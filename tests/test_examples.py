@@ -107,3 +107,15 @@ def test_server_examples_are_short_documented_scripts(name):
     source = (EXAMPLES / name).read_text()
     assert source.startswith('"""') and len(source.splitlines()) < 80
     assert "--model" in source and 'if __name__ == "__main__":' in source
+
+
+def test_remote_tools_example_survives_a_killed_worker(tmp_path):
+    from mqtt_helpers import need_broker_stack
+    need_broker_stack()
+    source = (EXAMPLES / "remote_tools.py").read_text()
+    assert source.startswith('"""') and len(source.splitlines()) < 80 and 'if __name__ == "__main__":' in source
+    out = run_example("remote_tools.py", "-n", "1", "--halfway", "2", "--max-tokens", "16", cwd=tmp_path)
+    assert re.search(r"^killed worker-[ab] \(SIGKILL\) mid-call, after \d+ tool calls$", out, re.M), out
+    assert re.search(r"^1/1 programs done in [\d.]+ s · \d+ remote calls, [1-9]\d* retried · workers alive: "
+                     r"worker-[ab]$", out, re.M), out
+    assert len(re.findall(r"^coding_agent-\d: done in ", out, re.M)) == 1

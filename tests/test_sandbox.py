@@ -162,34 +162,47 @@ def test_output_truncated(layout: tuple[Path, Path]) -> None:
     assert out.rstrip().endswith("bye")
 
 
+def _sleepers(token: str) -> list[int]:
+    """Live processes running `sleep <token>` (found by command line: in a jail with its own PID
+    namespace the pid the code sees is not the host's)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd[:2] == [b"sleep", token.encode()] and _alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def _gone(token: str, wait: float = 3.0) -> bool:
+    deadline = time.monotonic() + wait
+    while _sleepers(token) and time.monotonic() < deadline:  # init may take a moment to reap it
+        time.sleep(0.02)
+    return not _sleepers(token)
+
+
 def test_timeout_kills_process_group(layout: tuple[Path, Path]) -> None:
     root, _ = layout
     box = Sandbox(root, run_timeout=1.0)
     code = ("import subprocess\n"
-            "child = subprocess.Popen(['sleep', '60'])\n"
-            "open('child.pid', 'w').write(str(child.pid))\n"
+            "child = subprocess.Popen(['sleep', '60.0417'])\n"
             "while True:\n    pass\n")
     start = time.monotonic()
     assert box.run_code(code) == "error: timed out after 1.0 s"
     assert time.monotonic() - start < 5.0
-    pid = int((root / "child.pid").read_text())
-    deadline = time.monotonic() + 3.0
-    while _alive(pid) and time.monotonic() < deadline:  # init may take a moment to reap it
-        time.sleep(0.02)
-    assert not _alive(pid)
+    assert _gone("60.0417")
 
 
 def test_background_child_does_not_outlive_run(box: Sandbox, layout: tuple[Path, Path]) -> None:
     root, _ = layout
-    code = ("import subprocess\n"
-            "child = subprocess.Popen(['sleep', '60'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
-            "open('child.pid', 'w').write(str(child.pid))\n")
+    code = ("import subprocess, time\n"
+            "child = subprocess.Popen(['sleep', '60.0418'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+            "time.sleep(0.2)\n")
     assert box.run_code(code).startswith("exit code 0")
-    pid = int((root / "child.pid").read_text())
-    deadline = time.monotonic() + 3.0
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not _alive(pid)
+    assert _gone("60.0418")
 
 
 # ------------------------------------------------------------------------------------------ lifecycle

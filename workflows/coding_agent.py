@@ -6,17 +6,28 @@ cache of the turns before it.
     agentrt run workflows/coding_agent.py
     agentrt run workflows/coding_agent.py --input '{"task": "Write is_prime(n) in solution.py."}'
     agentrt run workflows/coding_agent.py:fixed_shape -n 8     # fixed lengths and tool pauses
+
+Its sandbox tools can also run on remote workers (the sandbox then lives on the worker; workers
+that share AGENTRT_SANDBOX_DIR share the files, so a call retried on another worker finds them):
+
+    agentrt worker workflows/coding_agent.py --broker mqtt://127.0.0.1:1883     # two or more of these
+    AGENTRT_BROKER=mqtt://127.0.0.1:1883 agentrt run workflows/coding_agent.py:remote
 """
 from __future__ import annotations
 
 import asyncio
+import atexit
+import os
 import re
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from pydantic import BaseModel
 
 from agentrt import END, Agent, SamplingParams, Workflow, tool
 from agentrt.runtime import current_program
+from agentrt.tools import current_site
 from agentrt.tools.sandbox import Sandbox
 
 TASK = ("Write a Python function fizzbuzz(n) in the file solution.py. It returns 'Fizz' when n is "
@@ -39,11 +50,34 @@ class Coding(BaseModel):
 
 def sandbox() -> Sandbox:
     """This program's sandbox, made on first use and removed when the program ends."""
-    program = current_program()
+    try:
+        program = current_program()
+    except RuntimeError:                       # on a remote worker: no program here
+        return _worker_sandbox()
     if "sandbox" not in program.resources:
         box = program.resources["sandbox"] = Sandbox(run_timeout=5.0)
         program.defer(box.close)
     return program.resources["sandbox"]
+
+
+_WORKER_BOXES: dict[str, Sandbox] = {}
+_BOXES_LOCK = threading.Lock()
+
+
+def _worker_sandbox() -> Sandbox:
+    """One sandbox per calling program (caller + program id), under $AGENTRT_SANDBOX_DIR when set."""
+    site = current_site()
+    key = re.sub(r"[^\w.-]", "_", f"{site.caller or 'local'}-{site.program or 'none'}")
+    with _BOXES_LOCK:
+        if key not in _WORKER_BOXES:
+            base = os.environ.get("AGENTRT_SANDBOX_DIR")
+            root = None
+            if base:
+                root = Path(base) / key
+                root.mkdir(parents=True, exist_ok=True)
+            box = _WORKER_BOXES[key] = Sandbox(root, run_timeout=5.0)
+            atexit.register(box.close)
+        return _WORKER_BOXES[key]
 
 
 @tool(expected_duration=0.01)
@@ -76,12 +110,21 @@ CODE_BLOCK = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
 def run_tests(state: Coding) -> dict:
     """The hidden tests. A coder that answered with a code block instead of writing the file
     still gets it tested: the last block becomes solution.py."""
-    box = sandbox()
-    blocks = CODE_BLOCK.findall(state.answer)
+    return {"report": _check(sandbox(), state.tests, state.answer)}
+
+
+def _check(box: Sandbox, tests: str, answer: str) -> str:
+    blocks = CODE_BLOCK.findall(answer)
     if blocks and box.read_file("solution.py").startswith("error:"):
         box.write_file("solution.py", blocks[-1])
-    box.write_file("hidden_tests.py", state.tests)
-    return {"report": box.run_python("hidden_tests.py")}
+    box.write_file("hidden_tests.py", tests)
+    return box.run_python("hidden_tests.py")
+
+
+@tool(expected_duration=0.3, timeout=15.0)
+def check(tests: str, answer: str) -> str:
+    """Run the hidden tests against solution.py (the `test` step, as a tool for remote workers)."""
+    return _check(sandbox(), tests, answer)
 
 
 def passed(state: Coding) -> str:
@@ -89,20 +132,24 @@ def passed(state: Coding) -> str:
 
 
 def build(*, fixed_shape: bool = False, rounds: int = 4, output_tokens: int = 32,
-          tool_seconds: float | Callable[[], float] = 0.5) -> Workflow:
+          tool_seconds: float | Callable[[], float] = 0.5, tools: dict | None = None) -> Workflow:
     """The workflow. `fixed_shape=True` is a graph-driven loop of `rounds` coder turns of exactly
     `output_tokens`, each followed by a tool pause of `tool_seconds` (a number, or a function
     drawing one per call) — the shape of a coding session without depending on the model."""
     if fixed_shape:
         return _fixed_shape(rounds, output_tokens, tool_seconds)
+    tools = tools or {}
     coder = Agent("coder", "You are a Python programmer. You work in small steps: write the code to a "
                            "file, run it, read the output, fix what is wrong.",
-                  tools=[write_file, read_file, list_files, run_python], max_turns=6,
+                  tools=[tools.get(t.name, t) for t in (write_file, read_file, list_files, run_python)], max_turns=6,
                   params=SamplingParams(max_tokens=256))
     wf = Workflow("coding_agent", Coding, output="report",
                   description="coder (ReAct with file and Python tools) -> hidden tests -> fix loop")
     wf.llm("solve", coder, "{task}", output="answer")
-    wf.python("test", run_tests)
+    if "check" in tools:                       # the sandbox lives on the workers: so do the tests
+        wf.tool("test", tools["check"], {"tests": "{tests}", "answer": "{answer}"}, output="report")
+    else:
+        wf.python("test", run_tests)
     wf.llm("fix", coder, "The tests failed:\n{report}\nFix solution.py.", output="answer")
     wf.edge("solve", "test")
     wf.branch("test", passed, to=["fix", END], max_loops=2)
@@ -136,6 +183,18 @@ def _fixed_shape(rounds: int, output_tokens: int, tool_seconds: float | Callable
     if rounds > 1:
         wf.branch("run", lambda s: "act", to=["act", END], max_loops=rounds - 1, exit=END)
     return wf
+
+
+def remote(broker: str | None = None, retries: int = 2, client=None) -> Workflow:
+    """The coding agent with its sandbox tools (and hidden tests) on remote workers, each call
+    retried on another worker up to `retries` times. Broker: `broker`, else $AGENTRT_BROKER (or
+    a RemoteTools `client` of your own)."""
+    if client is None:
+        from agentrt.tools.mqtt import RemoteTools
+        client = RemoteTools(broker or os.environ.get("AGENTRT_BROKER", "mqtt://127.0.0.1:1883"))
+        atexit.register(client.close)
+    names = ("write_file", "read_file", "list_files", "run_python", "check")
+    return build(tools={name: client.tool(name, retries=retries) for name in names})
 
 
 workflow = build()

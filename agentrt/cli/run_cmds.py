@@ -88,6 +88,8 @@ def run(
         "--checkpoint", metavar="[DB]",
         help="make the run durable: save every program at every step in this SQLite file (alone: runs.db "
              "under the user's data dir); after a crash or a stop, `agentrt resume RUN_ID` continues it")] = None,
+    events: Annotated[str | None, typer.Option(help="publish every event live to this MQTT broker "
+                                                    "(mqtt://host:port); watch with `agentrt events`")] = None,
 ) -> None:
     """Run a workflow: one program per input, all at once on one engine.
 
@@ -101,6 +103,10 @@ def run(
     from agentrt.sched.policies import POLICIES
     if policy not in POLICIES:
         fail(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+    if events is not None:
+        from agentrt.tools.mqtt.broker import BrokerURL
+        with user_errors():
+            BrokerURL.parse(events)
     workflow = compiled_target(target)
     inputs = read_inputs(input_json, input_file, copies)
     if trace is not None:                  # a bad path is a usage error, not a traceback mid-run
@@ -125,7 +131,7 @@ def run(
     started = time.monotonic()
     with RunProgress(err, len(inputs), live) as progress:
         sinks = [] if as_json else [progress]
-        results = run_until_stopped(_run_all(engine, workflow, inputs, trace, sinks, policy, durable), durable)
+        results = run_until_stopped(_run_all(engine, workflow, inputs, trace, sinks, policy, durable, events), durable)
     summary = summarize(results, time.monotonic() - started)
     if durable is not None:
         summary["run_id"] = durable["run_id"]
@@ -139,12 +145,12 @@ def run(
         raise typer.Exit(1)
 
 
-async def _run_all(engine, workflow, inputs, trace, sinks, policy: str, durable: dict | None = None
-                   ) -> list[ProgramResult]:
+async def _run_all(engine, workflow, inputs, trace, sinks, policy: str, durable: dict | None = None,
+                   events: str | None = None) -> list[ProgramResult]:
     from agentrt.runtime import Runtime
     durability = {} if durable is None else {"checkpoint": durable["checkpoint"], "run_id": durable["run_id"],
                                              "run_meta": durable["meta"]}
-    async with Runtime(engine, trace=trace, on_event=sinks, policy=policy, **durability) as rt:
+    async with Runtime(engine, trace=trace, on_event=sinks, policy=policy, events=events, **durability) as rt:
         return await rt.run_many(workflow, inputs)
 
 

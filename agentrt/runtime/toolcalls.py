@@ -2,6 +2,8 @@
 agent calls tools itself (`<tool_call>{...}</tool_call>`) until it answers or runs out of turns."""
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 from pydantic import BaseModel
@@ -11,8 +13,8 @@ from agentrt.graph.state import render
 from agentrt.graph.steps import Agent, LLMStep, ToolStep
 from agentrt.runtime.conversation import Conversation
 from agentrt.runtime.errors import ProgramError
-from agentrt.sched.events import ToolEnded, ToolStarted
-from agentrt.tools.context import CallInfo
+from agentrt.sched.events import ToolEnded, ToolProgress, ToolStarted
+from agentrt.tools.context import CallInfo, CallSite, reset_site, set_site
 from agentrt.tools import (TOOL_CALL_CLOSE, Tool, ToolResult, format_observation, parse_tool_call,
                            render_tool_instructions, resolve_call, tools_by_name)
 
@@ -56,7 +58,18 @@ class ToolCaller:
                 prog.emit("tool_retry", step=step, tool=tool.name, attempt=attempt,
                           error=f"{type(error).__name__}: {error}", wait=tool.retry_delay(attempt))
 
-        result = await tool.run(arguments, on_attempt=on_attempt, clock=prog.clock, call=info)
+        def progressed(fraction: float | None, eta: float | None, message: str | None) -> None:
+            prog._publish(ToolProgress(prog.id, tool.name, step, prog.clock.now(), fraction, eta))
+            prog.emit("tool_progress", step=step, tool=tool.name, fraction=fraction, eta_seconds=eta, message=message)
+
+        loop, here = asyncio.get_running_loop(), threading.get_ident()
+        on_progress = lambda *report: progressed(*report) if threading.get_ident() == here \
+            else loop.call_soon_threadsafe(progressed, *report)            # a sync tool reports from its thread
+        site = set_site(CallSite(prog.id, step, tool.name, on_progress))   # report_progress(), remote calls
+        try:
+            result = await tool.run(arguments, on_attempt=on_attempt, clock=prog.clock, call=info)
+        finally:
+            reset_site(site)
         prog._publish(ToolEnded(prog.id, tool.name, step, prog.clock.now(), result.duration, result.error))
         prog.emit("tool_end", step=step, tool=tool.name, duration=round(result.duration, 6),
                   attempts=result.attempts, error=result.error)

@@ -114,6 +114,18 @@ class ToolEnded:
 
 
 @dataclass(slots=True, frozen=True)
+class ToolProgress:
+    """A running tool's own report (a remote worker's progress message, `report_progress`): how
+    far it is and/or how long it still needs. Either may be None (a bare heartbeat)."""
+    program_id: str
+    tool: str
+    step: str | None
+    at: float
+    fraction: float | None = None                    # done so far, 0..1
+    eta_seconds: float | None = None                 # seconds still needed, as the tool sees it
+
+
+@dataclass(slots=True, frozen=True)
 class ProgramEnded:
     program_id: str
     status: str                                      # done | failed | cancelled
@@ -121,4 +133,14 @@ class ProgramEnded:
 
 
 ProgramEvent = Union[ProgramStarted, StepStarted, StepEnded, LLMCallStarted, LLMCallEnded, ToolStarted,
-                     ToolEnded, ProgramEnded]
+                     ToolProgress, ToolEnded, ProgramEnded]
+
+
+def remaining_seconds(event: ToolProgress, elapsed: float) -> float | None:
+    """Seconds the tool still needs by its report: its ETA, else what its fraction done implies
+    at the pace so far (None when it says neither)."""
+    if event.eta_seconds is not None:
+        return max(float(event.eta_seconds), 0.0)
+    if event.fraction is not None and 0.0 < event.fraction <= 1.0:
+        return max(elapsed, 0.0) * (1.0 - event.fraction) / event.fraction
+    return None

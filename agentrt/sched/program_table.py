@@ -10,7 +10,8 @@ from typing import Any
 
 from agentrt.clock import MONOTONIC, Clock
 from agentrt.sched.events import (LLMCallEnded, LLMCallStarted, LoopCounts, ProgramEnded, ProgramEvent,
-                                  ProgramGraph, ProgramStarted, StepEnded, StepStarted, ToolEnded, ToolStarted)
+                                  ProgramGraph, ProgramStarted, StepEnded, StepStarted, ToolEnded, ToolProgress,
+                                  ToolStarted, remaining_seconds)
 from agentrt.sched.predictor import ToolPausePredictor
 
 INF = math.inf
@@ -25,6 +26,7 @@ class ProgramEntry:
     remaining_turns: float
     paused_tool: str | None = None           # the tool the program waits on, if any
     paused_since: float | None = None
+    paused_until: float | None = None        # when the tool itself said it would be done (ToolProgress)
     pin_until: float | None = None           # a TTL pin on its blocks, when a policy set one
     context_tokens: int = 0                  # prompt + output tokens of its latest agent turn
     finished: bool = False
@@ -56,9 +58,10 @@ class ProgramTable:
         self._live: dict[str, _Live] = {}
         self.step_seconds = 1.0                  # running mean of an agent turn's duration
         self._llm_started: dict[tuple[str, str], float] = {}   # (program, request id) -> start
-        self._open_tools: dict[str, list] = {}   # program -> (tool, since) of calls in flight (lanes overlap)
+        self._open_tools: dict[str, list] = {}   # program -> [tool, since, reported end] of calls in flight (lanes overlap)
         self._handlers = {ProgramStarted: self._started, ProgramEnded: self._ended, StepStarted: self._step_started,
                           StepEnded: self._step_ended, ToolStarted: self._tool_started, ToolEnded: self._tool_ended,
+                          ToolProgress: self._tool_progress,
                           LLMCallStarted: self._llm_call_started, LLMCallEnded: self._llm_call_ended}
 
     # ------------------------------------------------------------------ events
@@ -105,14 +108,25 @@ class ProgramTable:
         self._refresh(pid, list(live.frontier.elements()))
 
     def _tool_started(self, ev: ToolStarted) -> None:
-        self._open_tools.setdefault(ev.program_id, []).append((ev.tool, self.clock.now()))
+        self._open_tools.setdefault(ev.program_id, []).append([ev.tool, self.clock.now(), None])
         self._paused(ev.program_id)
+
+    def _tool_progress(self, ev: ToolProgress) -> None:
+        """The tool's own estimate replaces the predictor's for the rest of this pause."""
+        now = self.clock.now()
+        for call in self._open_tools.get(ev.program_id, []):
+            if call[0] == ev.tool:
+                left = remaining_seconds(ev, now - call[1])
+                if left is not None:
+                    call[2] = now + left
+                    self._paused(ev.program_id)
+                return
 
     def _tool_ended(self, ev: ToolEnded) -> None:
         if ev.error is None:
             self.predictor.observe(ev.tool, ev.duration)
         calls = self._open_tools.get(ev.program_id, [])
-        for i, (name, _) in enumerate(calls):
+        for i, (name, _, _) in enumerate(calls):
             if name == ev.tool:
                 del calls[i]
                 break
@@ -121,8 +135,8 @@ class ProgramTable:
     def _paused(self, pid: str) -> None:
         """Paused while any call is in flight: on the oldest one (the longest wait so far)."""
         calls = self._open_tools.get(pid)
-        tool, since = calls[0] if calls else (None, None)
-        self._update(pid, paused_tool=tool, paused_since=since)
+        tool, since, until = calls[0] if calls else (None, None, None)
+        self._update(pid, paused_tool=tool, paused_since=since, paused_until=until)
 
     def _llm_call_started(self, ev: LLMCallStarted) -> None:
         pid = ev.program_id
@@ -175,6 +189,8 @@ class ProgramTable:
         if steps == INF:
             return INF
         wait = 0.0
-        if entry.paused_tool is not None:
+        if entry.paused_until is not None:
+            wait = max(entry.paused_until - now, 0.0)
+        elif entry.paused_tool is not None:
             wait = self.predictor.expected_remaining(entry.paused_tool, now - entry.paused_since)
         return wait + max(steps - 1, 0) * self.step_seconds

@@ -9,7 +9,7 @@ from agentrt.tools.calls import (
     resolve_call,
     tools_by_name,
 )
-from agentrt.tools.context import CallInfo, current_call
+from agentrt.tools.context import CallInfo, CallSite, current_call, current_site, report_progress
 from agentrt.tools.spec import (
     Tool,
     ToolArgumentError,
@@ -22,7 +22,7 @@ from agentrt.tools.spec import (
 )
 
 __all__ = [
-    "CallInfo", "current_call", "TOOL_CALL_CLOSE", "TOOL_CALL_OPEN", "Tool", "ToolArgumentError", "ToolCall", "ToolCallParse", "ToolError",
+    "CallInfo", "CallSite", "current_call", "current_site", "report_progress", "TOOL_CALL_CLOSE", "TOOL_CALL_OPEN", "Tool", "ToolArgumentError", "ToolCall", "ToolCallParse", "ToolError",
     "ToolParam", "ToolResult", "ToolTimeoutError", "format_observation", "parse_tool_call",
     "render_tool_instructions", "resolve_call", "tool", "tools_by_name",
 ]

@@ -2,9 +2,11 @@
 
 Every path a tool receives is resolved against the sandbox root; absolute paths, `..` escapes and
 symlinks leading outside the root are refused. Tools return text for the model and never raise for
-bad input. Note that the *file tools* are confined, but code run by `run_python` / `run_code` is an
-ordinary child process: it gets a minimal environment, no stdin, a time limit and its own process
-group (killed whole on timeout), not an OS-level jail.
+bad input. Code run by `run_python` / `run_code` runs in a jail (`agentrt.tools.jail`): always
+resource limits (CPU seconds, memory, processes, file size, open files), a wall-clock limit and
+its own process group (killed whole on timeout); where bubblewrap works, also no network, a
+read-only system and only the sandbox writable. The first sandbox of a process states on stderr
+which protection is in force (`Sandbox.protection`).
 
 >>> with Sandbox() as box:
 ...     box.write_file("hello.py", "print('hi')")
@@ -21,6 +23,8 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import IO, NamedTuple
+
+from agentrt.tools.jail import Jail, exit_note
 
 
 class _Refused(Exception):
@@ -85,16 +89,22 @@ def _kill_group(pgid: int) -> None:
 class Sandbox:
     """A directory the agent can list, read, write and run Python files in."""
 
-    __slots__ = ("root", "run_timeout", "max_output_chars", "max_file_bytes", "_owned", "_closed")
+    __slots__ = ("root", "run_timeout", "max_output_chars", "max_file_bytes", "jail", "_owned", "_closed")
 
     def __init__(self, root: str | Path | None = None, *, run_timeout: float = 10.0,
-                 max_output_chars: int = 2000, max_file_bytes: int = 200_000) -> None:
+                 max_output_chars: int = 2000, max_file_bytes: int = 200_000, jail: Jail | None = None) -> None:
         self._owned = root is None
         self.root = Path(tempfile.mkdtemp(prefix="agentrt-sandbox-") if root is None else root).resolve()
         if not self.root.is_dir():
             raise ValueError(f"sandbox root {self.root} is not a directory")
         self.run_timeout, self.max_output_chars, self.max_file_bytes = run_timeout, max_output_chars, max_file_bytes
+        self.jail = jail if jail is not None else default_jail()
         self._closed = False
+
+    @property
+    def protection(self) -> str:
+        """Which protection code run here gets, in words."""
+        return self.jail.protection
 
     # ------------------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -213,11 +223,9 @@ class Sandbox:
         # -E -s rather than -I: no PYTHON* variables or user site, but the script's folder stays on
         # sys.path (-I implies -P) so sandbox files can import each other.
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-E", "-s", str(script)], cwd=self.root, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                env={"PATH": os.environ.get("PATH", os.defpath)})
-        except OSError as exc:  # e.g. out of processes after a fork bomb
+            proc = self.jail.popen(script, self.root, cwd=self.root, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        except (OSError, subprocess.SubprocessError) as exc:  # e.g. out of processes after a fork bomb
             return f"error: could not start python: {exc}"
         out, err = _StreamReader(proc.stdout, cap), _StreamReader(proc.stderr, cap)
         code: int | None = None
@@ -246,4 +254,16 @@ class Sandbox:
         else:
             out_limit, err_limit = half, budget - half
         out, err = _clip(stdout, out_limit).rstrip("\n"), _clip(stderr, err_limit).rstrip("\n")
-        return f"exit code {code}\nstdout:\n{out or '(empty)'}\nstderr:\n{err or '(empty)'}"
+        return f"exit code {code}{exit_note(code)}\nstdout:\n{out or '(empty)'}\nstderr:\n{err or '(empty)'}"
+
+
+_DEFAULT_JAIL: list[Jail] = []
+
+
+def default_jail() -> Jail:
+    """The process's jail (AGENTRT_JAIL picks the mode); made, and stated on stderr, on first use."""
+    if not _DEFAULT_JAIL:
+        jail = Jail()
+        _DEFAULT_JAIL.append(jail)
+        print(f"agentrt sandbox: code runs under {jail.protection}", file=sys.stderr)
+    return _DEFAULT_JAIL[0]

@@ -204,6 +204,23 @@ class Tool:
         return cls(name, fn, summary if description is None else description, model, expected_duration,
                    timeout, int(retries), float(backoff), is_async, params, bool(idempotent))
 
+    @classmethod
+    def from_schema(cls, schema: Mapping[str, Any], fn: Callable[..., Any], *,
+                    expected_duration: float | None = None, timeout: float | None = 30.0, retries: int = 0,
+                    backoff: float = 0.5, idempotent: bool = True) -> Tool:
+        """A Tool from a schema as `schema()` gives it ({"name", "description", "parameters"}),
+        run by `fn(**arguments)` (e.g. a remote call): its arguments are validated against the
+        schema on this side, as a local tool's are."""
+        from agentrt.tools.schema_model import model_from_schema
+        name = str(schema.get("name", ""))
+        if not _NAME_RE.fullmatch(name):
+            raise ValueError(f"tool name {name!r} is not an identifier-like name")
+        model, rows = model_from_schema(dict(schema.get("parameters") or {"type": "object"}), name)
+        params = tuple(ToolParam(n, label, req, default, doc, key, False) for n, label, req, default, doc, key in rows)
+        is_async = inspect.iscoroutinefunction(fn)
+        return cls(name, fn, str(schema.get("description", "")), model, expected_duration, timeout, int(retries),
+                   float(backoff), is_async, params, bool(idempotent))
+
     def signature_text(self) -> str:
         """e.g. "search(query: str, k: int = 5)"."""
         parts = [f"{p.name}: {p.type_label}" + ("" if p.required else f" = {_short(p.default, 24)}")
