@@ -7,6 +7,7 @@ config (the tests, `agentrt bench tools`, and a user trying things out all use i
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -20,6 +21,10 @@ from urllib.parse import unquote, urlsplit
 
 DEFAULT_PORT = 1883
 DEFAULT_PREFIX = "agentrt"
+
+
+_CLIENT_LOG = logging.getLogger("agentrt.mqtt.client")
+_CLIENT_LOG.setLevel(logging.ERROR)
 
 
 class BrokerURLError(ValueError):
@@ -64,6 +69,7 @@ class BrokerURL:
     def client(self, **options):
         """An aiomqtt client (MQTT v5) for this broker; `options` go to aiomqtt.Client."""
         import aiomqtt
+        options.setdefault("logger", _CLIENT_LOG)   # aiomqtt's "N pending publish calls" is load, not trouble
         options.setdefault("keepalive", 5)
         options.setdefault("timeout", 5.0)
         # small request/response messages: Nagle's algorithm would hold each one ~40 ms
