@@ -27,6 +27,8 @@ import threading
 import pytest
 import torch
 
+if not torch.cuda.is_available():          # the Triton kernels' tests run in its interpreter: set it before
+    os.environ.setdefault("TRITON_INTERPRET", "1")      # any test module imports triton
 TEST_THREADS = int(os.environ.get("AGENTRT_TEST_THREADS", "1"))
 torch.set_num_threads(TEST_THREADS)
 

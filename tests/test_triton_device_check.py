@@ -27,4 +27,5 @@ def test_device_check_script_runs_on_cpu(tmp_path):
     sections = res["sections"]
     assert set(sections) == {"engine", "prefetch", "engine_graphs"}
     assert all(f["max_diff"] < 1e-4 for f in sections["engine"]["forward"].values())
-    assert sections["engine_graphs"].get("skipped") or sections["engine_graphs"]["replays"] > 0
+    graphs = sections["engine_graphs"]                 # on CPU the engine captures no graphs: replays "?"
+    assert graphs.get("skipped") or graphs["ok"], graphs
