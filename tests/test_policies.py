@@ -39,7 +39,8 @@ class FakeClock:
 def entry(pid: str, steps: dict[str, int], *, turns: float = 1.0, paused: str | None = None,
           since: float | None = None, pin: float | None = None, ctx: int = 0,
           finished: bool = False) -> ProgramEntry:
-    return ProgramEntry(pid, 0.0, dict(steps), turns, paused, since, pin, ctx, finished)
+    return ProgramEntry(pid, 0.0, dict(steps), turns, paused_tool=paused, paused_since=since, pin_until=pin,
+                        context_tokens=ctx, finished=finished)
 
 
 class Case:
