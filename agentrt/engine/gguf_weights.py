@@ -13,6 +13,7 @@ head runs as int8 per row (`Int8Linear`). Packing happens here, at load, for thi
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,46 +65,48 @@ def unpermute_rows(n_rows: int, n_head: int) -> Tensor:
     return torch.arange(n_rows).view(n_head, dim, 2).transpose(1, 2).reshape(-1)
 
 
-def read_gguf(path: str | Path, n_head: int, n_kv_head: int) -> dict[str, Stored]:
-    """Every tensor of the GGUF under its Hugging Face name, quantized blocks kept."""
-    import gguf
-    from gguf.quants import dequantize
+class GGUFTensors(Mapping):
+    """The GGUF's tensors by Hugging Face name, each unpacked when asked for (never all at once:
+    the file stays memory-mapped and a load holds one layer's unpacked blocks at a time)."""
 
-    reader = gguf.GGUFReader(str(path))
-    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
-    if arch != "llama":
-        raise ValueError(f"{path}: architecture {arch!r}; the q4 path reads llama GGUFs")
-    out: dict[str, Stored] = {}
-    for t in reader.tensors:
-        name = hf_name(t.name)
-        if name is None:
-            continue
+    def __init__(self, path: str | Path, n_head: int, n_kv_head: int):
+        import gguf
+
+        reader = gguf.GGUFReader(str(path))
+        arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+        if arch != "llama":
+            raise ValueError(f"{path}: architecture {arch!r}; the q4 path reads llama GGUFs")
+        self._tensors = {n: t for t in reader.tensors if (n := hf_name(t.name)) is not None}
+        self._heads = n_head, n_kv_head
+
+    def __getitem__(self, name: str) -> Stored:
+        import gguf
+        from gguf.quants import dequantize
+
+        t = self._tensors[name]
+        data = t.data
+        if name.endswith(("q_proj.weight", "k_proj.weight")):     # rows of whole blocks, in HF order
+            data = data[unpermute_rows(data.shape[0], self._heads[0] if "q_proj" in name else self._heads[1]).numpy()]
         kind = t.tensor_type
         if kind == gguf.GGMLQuantizationType.Q4_1:
-            value: Stored = Q4(*unpack_q4_1(t.data))
-        elif kind == gguf.GGMLQuantizationType.Q8_0:
-            value = Q8(*unpack_q8_0(t.data))
-        else:
-            value = torch.from_numpy(np.array(dequantize(t.data, kind), dtype=np.float32))
-        if name.endswith(("q_proj.weight", "k_proj.weight")):
-            value = _take_rows(value, unpermute_rows(_rows(value), n_head if "q_proj" in name else n_kv_head))
-        out[name] = value
-    return out
+            return Q4(*unpack_q4_1(data))
+        if kind == gguf.GGMLQuantizationType.Q8_0:
+            return Q8(*unpack_q8_0(data))
+        return torch.from_numpy(np.array(dequantize(data, kind), dtype=np.float32))
+
+    def __iter__(self):
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
 
 
-def _rows(value: Stored) -> int:
-    return value.shape[0] if isinstance(value, Tensor) else value.q.shape[0]
+def read_gguf(path: str | Path, n_head: int, n_kv_head: int) -> GGUFTensors:
+    """Every tensor of the GGUF under its Hugging Face name, quantized blocks kept."""
+    return GGUFTensors(path, n_head, n_kv_head)
 
 
-def _take_rows(value: Stored, order: Tensor) -> Stored:
-    if isinstance(value, Tensor):
-        return value[order].contiguous()
-    if isinstance(value, Q4):
-        return Q4(value.q[order].contiguous(), value.d[order].contiguous(), value.m[order].contiguous())
-    return Q8(value.q[order].contiguous(), value.d[order].contiguous())
-
-
-def dequantize_all(stored: dict[str, Stored]) -> dict[str, Tensor]:
+def dequantize_all(stored: Mapping[str, Stored]) -> dict[str, Tensor]:
     """The float32 state dict the stored tensors stand for (the reference the q4 path is held to)."""
     def one(v: Stored) -> Tensor:
         if isinstance(v, Q4):
@@ -132,7 +135,7 @@ def packed_linear(weight: Stored, dtype: torch.dtype, bias: Tensor | None = None
     return layer
 
 
-def build_q4_model(stored: dict[str, Stored], config, max_positions: int, dtype: torch.dtype):
+def build_q4_model(stored: Mapping[str, Stored], config, max_positions: int, dtype: torch.dtype):
     """The engine's LlamaModel with packed int4 linears, a Q8_0 embedding and an int8 head."""
     from agentrt.engine.model import LlamaModel, RMSNorm, rope_tables
 

@@ -58,13 +58,18 @@ def dequant_q8_0(q: Tensor, d: Tensor) -> Tensor:
     return (q.view(n, -1, GROUP).float() * d.unsqueeze(-1)).view(n, -1)
 
 
-def requantize_rows(q: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+def requantize_rows(q: Tensor, d: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
     """Q8_0 (one scale per 32 inputs) -> int8 with one scale per row, for `_weight_int8pack_mm`.
     Each row's scale is its largest |weight| / 127, so the largest weights keep 8 bits; rows whose
-    block scales differ lose precision in their small blocks (measured by the quality test)."""
-    w = dequant_q8_0(q, d)
-    scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-    return torch.round(w / scale.unsqueeze(1)).clamp_(-127, 127).to(torch.int8), scale
+    block scales differ lose precision in their small blocks (measured by the quality test).
+    Done `chunk` rows at a time, so a large vocabulary never exists in float32 all at once."""
+    out, scales = torch.empty_like(q), torch.empty(q.shape[0])
+    for i in range(0, q.shape[0], chunk):
+        w = dequant_q8_0(q[i:i + chunk], d[i:i + chunk])
+        scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+        out[i:i + chunk] = torch.round(w / scale.unsqueeze(1)).clamp_(-127, 127).to(torch.int8)
+        scales[i:i + chunk] = scale
+    return out, scales
 
 
 class Int4Linear(nn.Module):
