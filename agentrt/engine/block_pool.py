@@ -14,6 +14,10 @@ back. The pool only records these copies; the engine takes them (`take_moves`) a
 schedule and runs them before the step's compute: swap-outs first (their blocks still hold the
 evicted KV), then loads. Pins keep host slots stable while a copy is pending (see host_tier).
 
+Every cached block (and host entry) carries its chain's root: None, or a cache salt's root
+(`salt_root`), which is the first block's parent hash. Matches compare it beside the tokens, so a
+salted chain and an unsalted one (or two salts) never share a block, even on a hash collision.
+
 What the pool does is published to registered observers (`agentrt.engine.observe`); with none,
 nothing is published.
 """
@@ -116,10 +120,10 @@ class BlockPool:
         else:
             parent_hash = block.parent.block_hash if block.parent is not None else None
             stored = bool(host.put(block.block_id, block.block_hash, parent_hash, block.token_ids, block.readers,
-                                   self.clock))
+                                   self.clock, block.root))
             if stored:
                 self.stats_swapped_out_blocks += 1
-            elif host.lookup(block.block_hash, parent_hash, block.token_ids) is None:
+            elif host.lookup(block.block_hash, parent_hash, block.token_ids, block.root) is None:
                 self.stats_dropped_blocks += 1      # host full of pinned entries, or a collision
         for observer in self.observers:
             observer.on_swap_out(block, stored)
@@ -135,7 +139,7 @@ class BlockPool:
             parent.num_cached_children -= 1
             if parent.num_cached_children == 0 and parent.ref_count == 0:
                 self.policy.add(parent)
-        block.block_hash = block.token_ids = block.parent = None
+        block.block_hash = block.token_ids = block.parent = block.root = None
         block.readers = {}
 
     def touch(self, blocks: Sequence[Block]) -> None:
@@ -199,14 +203,17 @@ class BlockPool:
                 observer.on_access(hashes, room)
 
     # ---------------------------------------------------------------- prefix cache
-    def cache_full_block(self, block: Block, parent: Block | None, token_ids: tuple[int, ...]) -> Block:
+    def cache_full_block(self, block: Block, parent: Block | None, token_ids: tuple[int, ...],
+                         root: int | None = None) -> Block:
         """Register a block whose block_size tokens are all computed; returns the cached block for
-        that content, which is another one when the same prefix was computed twice concurrently."""
+        that content, which is another one when the same prefix was computed twice concurrently.
+        `root`: the chain's salt root (used for a first block; others inherit their parent's)."""
         if block.block_hash is not None or (parent is not None and parent.block_hash is None):
             return block  # already cached, or the chain was cut above (a hash collision)
-        h = chain_hash(parent.block_hash if parent is not None else None, token_ids)
+        root = parent.root if parent is not None else root
+        h = chain_hash(parent.block_hash if parent is not None else root, token_ids)
         canonical = self.cached.get(h)
-        if canonical is not None and canonical.token_ids == token_ids:
+        if canonical is not None and canonical.token_ids == token_ids and canonical.root == root:
             return canonical
         if canonical is not None:
             return block  # a hash collision: leave this block out of the cache
@@ -216,25 +223,28 @@ class BlockPool:
                 observer.on_recompute(h)
         else:
             self._ever_cached.add(h)
-        self._insert(block, parent, h, token_ids)
+        self._insert(block, parent, h, token_ids, root)
         if self.disk is not None:
             self.disk.on_computed(block)
         return block
 
-    def _insert(self, block: Block, parent: Block | None, h: int, token_ids: tuple[int, ...]) -> None:
-        block.block_hash, block.token_ids, block.parent = h, token_ids, parent
+    def _insert(self, block: Block, parent: Block | None, h: int, token_ids: tuple[int, ...],
+                root: int | None = None) -> None:
+        block.block_hash, block.token_ids, block.parent, block.root = h, token_ids, parent, root
         self.cached[h] = block
         if parent is not None:
             if parent.num_cached_children == 0 and parent.ref_count == 0:
                 self.policy.remove(parent)
             parent.num_cached_children += 1
 
-    def match_prefix(self, block_hashes: Sequence[int], block_tokens: Sequence[tuple[int, ...]]) -> list[Block]:
-        """Longest run of cached blocks for a chain of hashes (tokens compared to rule out collisions)."""
+    def match_prefix(self, block_hashes: Sequence[int], block_tokens: Sequence[tuple[int, ...]],
+                     root: int | None = None) -> list[Block]:
+        """Longest run of cached blocks for a chain of hashes under `root` (tokens and root compared
+        to rule out collisions)."""
         hits: list[Block] = []
         for h, toks in zip(block_hashes, block_tokens):
             block = self.cached.get(h)
-            if block is None or block.token_ids != toks:
+            if block is None or block.token_ids != toks or block.root != root:
                 break
             hits.append(block)
         self.stats_queried_blocks += len(block_hashes)
@@ -243,7 +253,7 @@ class BlockPool:
 
     # ---------------------------------------------------------------- host tier
     def load_from_host(self, hashes: Sequence[int], block_tokens: Sequence[tuple[int, ...]],
-                       parent: Block | None) -> list[Block]:
+                       parent: Block | None, root: int | None = None) -> list[Block]:
         """Continue a device prefix hit (ending at `parent`) into the host tier: each host hit gets
         a device block, cached under its parent at once, held by the caller (ref 1), its copy
         pending until `take_moves`. Loads no more blocks than are free or evictable now."""
@@ -251,7 +261,7 @@ class BlockPool:
         if host is None or not hashes:
             return []
         entries = host.match(hashes, block_tokens, parent.block_hash if parent is not None else None,
-                             self.num_free)
+                             self.num_free, root)
         for entry in entries:                     # pin all first: the allocations' swap-outs may evict host leaves
             host.pin(entry, self.clock)
         loaded: list[Block] = []
@@ -302,10 +312,10 @@ class BlockPool:
         now stands for that content, or None when the chain is cut (parent uncached, collision)."""
         canonical = self.cached.get(entry.block_hash)
         if canonical is not None:
-            return canonical if canonical.token_ids == entry.token_ids else None
+            return canonical if canonical.token_ids == entry.token_ids and canonical.root == entry.root else None
         if parent is not None and parent.block_hash is None:
             return None
-        self._insert(block, parent, entry.block_hash, entry.token_ids)
+        self._insert(block, parent, entry.block_hash, entry.token_ids, entry.root)
         block.readers = dict(entry.readers)
         block.last_access = self.clock
         return block

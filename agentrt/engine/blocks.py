@@ -1,11 +1,12 @@
 """KV blocks and the O(1) free queue they wait in."""
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 
 
 class Block:
-    __slots__ = ("block_id", "ref_count", "block_hash", "token_ids", "parent",
+    __slots__ = ("block_id", "ref_count", "block_hash", "token_ids", "parent", "root",
                  "num_cached_children", "last_access", "readers", "prev", "next")
 
     def __init__(self, block_id: int):
@@ -14,6 +15,7 @@ class Block:
         self.block_hash: int | None = None
         self.token_ids: tuple[int, ...] | None = None
         self.parent: Block | None = None
+        self.root: int | None = None          # its chain's salt root (`salt_root`); None: unsalted
         self.num_cached_children = 0
         self.last_access = 0
         self.readers: dict[tuple, int] = {}   # (program, agent) -> clock of its last use; policies rank by it
@@ -69,8 +71,18 @@ class FreeBlockQueue:
 
 
 def chain_hash(parent_hash: int | None, token_ids: tuple[int, ...]) -> int:
-    """Hash of a full block given its parent's hash: equal hashes mean equal whole prefixes."""
+    """Hash of a full block given its parent's hash: equal hashes mean equal whole prefixes. The
+    first block's parent is its chain's root: None, or a salt root (`salt_root`)."""
     return hash((parent_hash, token_ids))
+
+
+def salt_root(cache_salt: str) -> int:
+    """The root of a salted hash chain: a cache salt's SHA-256, cut to 60 bits (below 2**61 - 1,
+    so distinct roots hash apart in `chain_hash`). Blocks under different roots never share a
+    hash, so a request sees only the cached blocks computed under its own salt; unsalted chains
+    (root None) keep the hashes they always had."""
+    digest = hashlib.sha256(b"agentrt-cache-salt\x1f" + cache_salt.encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 4
 
 
 MAX_READERS = 8          # most recent (program, agent) readers remembered per block

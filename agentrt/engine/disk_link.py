@@ -7,6 +7,11 @@ written by the tier's worker thread:
 - otherwise only blocks that leave memory: evicted from the device with no host tier
   (`on_dropped`), or evicted from the host tier (`on_host_evicted`).
 
+Salted blocks (a request's `cache_salt`: `block.root` set) are never written, and salted
+requests never read (the scheduler skips the disk for them): the directory is shared by processes
+and outlives them, and its keys are a chain over the model and the tokens alone, so a salted block
+on disk would be served to anyone who sends the same tokens. Tenants keep device and host reuse.
+
 A disk hit (`BlockPool.load_from_disk`) reads and verifies the file at schedule time, so only
 whole, checksummed blocks are ever registered; its payload waits in `pending_in` until the
 engine copies it into the device block, after the step's swap-outs and before its compute. A
@@ -51,19 +56,21 @@ class DiskLink:
 
     # ---------------------------------------------------------------- writes
     def on_computed(self, block) -> None:
+        if block.root is not None:                 # salted: never on disk
+            return
         key = self.key(block)
         if self.write_all and self.read_block is not None and not self.tier.contains(key, len(block.token_ids)):
             self.tier.write_async(key, self.parent_key(block), block.token_ids, self.read_block(block.block_id))
 
     def on_dropped(self, block) -> None:
-        if self.write_all or self.read_block is None:
+        if self.write_all or self.read_block is None or block.root is not None:
             return
         key = self.key(block)
         if not self.tier.contains(key, len(block.token_ids)):
             self.tier.write_async(key, self.parent_key(block), block.token_ids, self.read_block(block.block_id))
 
     def on_host_evicted(self, entry) -> None:
-        if self.write_all or self.read_slot is None:
+        if self.write_all or self.read_slot is None or entry.root is not None:
             return
         key = self.tier._keys.get(entry.block_hash)
         parent = self.tier._keys.get(entry.parent_hash) if entry.parent_hash is not None else self.tier.namespace

@@ -5,8 +5,9 @@ loads host blocks back (on demand or ahead, by prefetch). This class is the book
 which hash sits in which slot, and the copies still to do. The KV tensors and the copies
 themselves live in the runner (`kv_transfer`).
 
-Entries are keyed by hash and keep their token ids and parent hash, so a lookup can rule out
-collisions and check that the entry continues the caller's chain. Host entries form a forest
+Entries are keyed by hash and keep their token ids, parent hash and chain root (a cache salt's,
+or None), so a lookup can rule out collisions and check that the entry continues the caller's
+chain under the caller's salt. Host entries form a forest
 too (by parent hash); when the host is full its least recently used unpinned leaf goes first.
 An entry is pinned while a copy that reads or writes its slot is pending, so its slot is never
 reused under that copy.
@@ -19,14 +20,15 @@ from agentrt.engine.eviction import LRUPolicy
 
 
 class HostEntry:
-    __slots__ = ("block_id", "block_hash", "token_ids", "parent_hash", "last_access", "readers", "pins")
+    __slots__ = ("block_id", "block_hash", "token_ids", "parent_hash", "root", "last_access", "readers", "pins")
 
     def __init__(self, slot: int, block_hash: int, token_ids: tuple[int, ...], parent_hash: int | None,
-                 readers: dict, clock: int):
+                 readers: dict, clock: int, root: int | None = None):
         self.block_id = slot            # named so LRUPolicy can rank entries like device blocks
         self.block_hash = block_hash
         self.token_ids = token_ids
         self.parent_hash = parent_hash
+        self.root = root                # the chain's salt root (None: unsalted)
         self.last_access = clock
         self.readers = readers
         self.pins = 0
@@ -68,17 +70,19 @@ class HostTier:
         return len(self.entries)
 
     # ---------------------------------------------------------------- lookups
-    def lookup(self, block_hash: int, parent_hash: int | None, token_ids: tuple[int, ...]) -> HostEntry | None:
+    def lookup(self, block_hash: int, parent_hash: int | None, token_ids: tuple[int, ...],
+               root: int | None = None) -> HostEntry | None:
         entry = self.entries.get(block_hash)
-        if entry is None or entry.token_ids != token_ids or entry.parent_hash != parent_hash:
+        if entry is None or entry.token_ids != token_ids or entry.parent_hash != parent_hash or entry.root != root:
             return None
         return entry
 
-    def match(self, hashes, tokens, parent_hash: int | None, limit: int) -> list[HostEntry]:
-        """Longest run (at most `limit`) of host entries continuing a chain after `parent_hash`."""
+    def match(self, hashes, tokens, parent_hash: int | None, limit: int, root: int | None = None) -> list[HostEntry]:
+        """Longest run (at most `limit`) of host entries continuing a chain after `parent_hash`,
+        under the chain root `root`."""
         out: list[HostEntry] = []
         for h, toks in zip(hashes[:limit], tokens):
-            entry = self.lookup(h, parent_hash, toks)
+            entry = self.lookup(h, parent_hash, toks, root)
             if entry is None:
                 break
             out.append(entry)
@@ -102,13 +106,13 @@ class HostTier:
 
     # ---------------------------------------------------------------- swap-out
     def put(self, block_id: int, block_hash: int, parent_hash: int | None, token_ids: tuple[int, ...],
-            readers: dict, clock: int) -> HostEntry | None:
+            readers: dict, clock: int, root: int | None = None) -> HostEntry | None:
         """A new entry for device block `block_id`'s KV, its copy pending (and the entry pinned) until
         `take_moves`; None when the hash is already here (nothing to copy), on a hash collision, or
         when every entry is pinned or has children."""
         old = self.entries.get(block_hash)
         if old is not None:
-            if old.pins == 0 and old.token_ids == token_ids and self._is_leaf(old):
+            if old.pins == 0 and old.token_ids == token_ids and old.root == root and self._is_leaf(old):
                 self.leaves.remove(old)        # re-add at the new access time
                 old.last_access = clock
                 self.leaves.add(old)
@@ -120,7 +124,7 @@ class HostTier:
             if self.on_evict is not None:
                 self.on_evict(victim)
             self._evict(victim)
-        entry = HostEntry(self.free_slots.pop(), block_hash, token_ids, parent_hash, dict(readers), clock)
+        entry = HostEntry(self.free_slots.pop(), block_hash, token_ids, parent_hash, dict(readers), clock, root)
         self.entries[block_hash] = entry
         parent = self.entries.get(parent_hash) if parent_hash is not None else None
         if parent is not None and parent.pins == 0 and self._is_leaf(parent):

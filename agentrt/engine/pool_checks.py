@@ -27,6 +27,7 @@ def check_pool(pool: BlockPool) -> None:
             if block.parent is not None:
                 assert block.parent.block_hash is not None
                 assert block.parent.ref_count >= block.ref_count, (block.parent, block)
+                assert block.root == block.parent.root, ("a chain mixes salt roots", block.parent, block)
         children = sum(1 for b in pool.cached.values() if b.parent is block)
         assert children == block.num_cached_children, (block, children)
     cached_free = sum(1 for b in pool.cached.values() if b.ref_count == 0)

@@ -5,6 +5,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from agentrt.engine.blocks import salt_root
 from agentrt.engine.params import SamplingParams
 
 
@@ -17,11 +18,22 @@ class RequestStatus(enum.Enum):
 @dataclass(slots=True, frozen=True)
 class RequestMeta:
     """Scheduling metadata a front attaches to a request: whose program and agent it serves (the
-    blocks it reads remember them), at which step, and when its program arrived (program order)."""
+    blocks it reads remember them), at which step, and when its program arrived (program order).
+
+    `cache_salt` (as vLLM's): the request reads and writes only prefix-cache blocks computed under
+    the same salt, so tenants with different salts cannot see each other's prompts through cache
+    hits or their timing. Salted blocks live on the device and host tiers, never on disk."""
     program_id: str | None = None
     agent_id: str | None = None
     step_id: str | None = None
     program_arrival: float | None = None
+    cache_salt: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.cache_salt is not None and not isinstance(self.cache_salt, str):
+            raise TypeError(f"cache_salt must be a string, not {type(self.cache_salt).__name__}")
+        if self.cache_salt == "":
+            raise ValueError("cache_salt must be a non-empty string (or None: no salt)")
 
 
 @dataclass(slots=True, eq=False)
@@ -44,6 +56,11 @@ class Request:
     logits: list = field(default_factory=list)        # per generated token, when params.return_logits
     text: str = ""                                     # detokenized output so far
     detok_offset: int = 0                              # tokens already turned into `text`
+    cache_root: int | None = field(init=False, default=None)   # root of its block-hash chain (salt)
+
+    def __post_init__(self) -> None:
+        if self.meta.cache_salt is not None:
+            self.cache_root = salt_root(self.meta.cache_salt)
 
     @property
     def num_tokens(self) -> int:

@@ -7,6 +7,9 @@ the newest running request is preempted: its blocks go back to the pool (full on
 prefix cache, so resuming often recomputes little) and it waits at the head of the queue.
 With a host tier, a prefix match that misses on the device continues into the host tier: those
 blocks are loaded back (copied before the step's compute) and count as cached, not computed.
+A salted request's hash chain starts at its salt's root (`Request.cache_root`), so it matches
+only blocks computed under the same salt, on the device and in the host tier; it never reads
+from (nor writes to) the disk tier, whose files outlive the process and its tenants.
 """
 from __future__ import annotations
 
@@ -169,12 +172,14 @@ class Scheduler:
             self._extend_hashes(req)
             max_blocks = (req.num_tokens - 1) // bs          # leave at least one token to compute
             toks = [tuple(req.tokens(j * bs, (j + 1) * bs)) for j in range(max_blocks)]
-            hits = self.pool.match_prefix(req.block_hashes[:max_blocks], toks)
+            root = req.cache_root
+            hits = self.pool.match_prefix(req.block_hashes[:max_blocks], toks, root)
             self.pool.touch(hits)
             if len(hits) < max_blocks and self.pool.host is not None:    # continue into the host tier
                 k = len(hits)
-                hits += self.pool.load_from_host(req.block_hashes[k:max_blocks], toks[k:], hits[-1] if hits else None)
-            if len(hits) < max_blocks and self.pool.disk is not None:    # then into the disk tier
+                hits += self.pool.load_from_host(req.block_hashes[k:max_blocks], toks[k:], hits[-1] if hits else None,
+                                                 root)
+            if len(hits) < max_blocks and self.pool.disk is not None and root is None:   # then the disk tier
                 hits += self.pool.load_from_disk(req.block_hashes[:max_blocks], toks, len(hits), hits[-1] if hits else None)
             self.pool.note_use(hits, reader_of(req))
             req.block_table = hits
@@ -203,7 +208,7 @@ class Scheduler:
         bs = self.pool.block_size
         hashes = req.block_hashes
         for j in range(len(hashes), req.num_tokens // bs):
-            hashes.append(chain_hash(hashes[-1] if hashes else None, tuple(req.tokens(j * bs, (j + 1) * bs))))
+            hashes.append(chain_hash(hashes[-1] if hashes else req.cache_root, tuple(req.tokens(j * bs, (j + 1) * bs))))
 
     def _allocate(self, req: Request, n: int) -> bool:
         bs = self.pool.block_size
@@ -243,7 +248,8 @@ class Scheduler:
             table = req.block_table
             for j in range(before, req.num_computed_tokens // bs):
                 parent = table[j - 1] if j else None
-                canonical = self.pool.cache_full_block(table[j], parent, tuple(req.tokens(j * bs, (j + 1) * bs)))
+                canonical = self.pool.cache_full_block(table[j], parent, tuple(req.tokens(j * bs, (j + 1) * bs)),
+                                                       req.cache_root)
                 if canonical is not table[j]:     # same prefix computed twice: share the cached copy
                     self.pool.touch([canonical])
                     self.pool.free([table[j]])
