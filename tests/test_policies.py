@@ -20,7 +20,7 @@ from agentrt.engine.block_pool import BlockPool, NoFreeBlocks, chain_hash
 from agentrt.engine.eviction import LRUPolicy
 from agentrt.engine.request import Request, RequestMeta
 from agentrt.engine.scheduler import Scheduler, SchedulerConfig
-from agentrt.sched.policies import (POLICIES, AgentrtPolicy, ContinuumPolicy, KVFlowPolicy,
+from agentrt.sched.policies import (POLICIES, AgentrtPolicy, ContinuumPolicy, FixedPinner, KVFlowPolicy,
                                     TTLPinner, make_policy)
 from agentrt.sched.predictor import ToolPausePredictor
 from agentrt.sched.program_table import ProgramEntry, ProgramTable
@@ -110,7 +110,7 @@ def test_lru_evicts_a_paused_programs_blocks_oldest_first():
 # ------------------------------------------------------------------------------------------ continuum
 def pinned_case(pin_tool: str = "search", **predictor_data):
     pred = trained(**(predictor_data or {"search": [0.5] * 20}))
-    c = Case("continuum", 4, pred)
+    c = Case("continuum-ttl", 4, pred)
     assert isinstance(c.policy, ContinuumPolicy) and len(c.sinks) == 1 and isinstance(c.sinks[0], TTLPinner)
     c.set(entry("A", {"writer": 1}, turns=2, ctx=3000), entry("B", {"planner": 0}, turns=1))
     blocks = [c.leaf([("A", "writer")], 1), c.leaf([("A", "writer")], 2),
@@ -155,6 +155,33 @@ def test_continuum_a_block_shared_with_a_pinned_program_is_pinned():
     shared = b1
     shared.readers[("A", "writer")] = 1
     assert ids(c.evict_order()) == ids([b2, a1, a2, shared])   # pinned ones by recency
+
+
+def code_case(**predictor_data):
+    c = Case("continuum", 4, trained(**predictor_data))
+    assert isinstance(c.policy, ContinuumPolicy) and [type(x) for x in c.sinks] == [FixedPinner]
+    c.set(entry("A", {"writer": 1}, turns=2, ctx=3000), entry("B", {"planner": 0}, turns=1),
+          entry("Z", {}, turns=0.0, ctx=3000))
+    return c
+
+
+def test_continuum_as_in_its_code_pins_fast_tools_for_a_fixed_two_seconds():
+    c = code_case(bash=[0.1, 0.5, 1.9], search=[1.0, 15.0])     # running means 0.83 s and 8 s
+    c.emit("A", "tool_start", tool="bash")
+    assert c.table.entries["A"].pin_until == pytest.approx(c.clock.t + 2.0)
+    c.emit("B", "tool_start", tool="search")                    # slower than 2 s on average: no pin
+    assert c.table.entries["B"].pin_until is None
+    c.emit("Z", "tool_start", tool="bash")                      # after the program's last turn: no pin
+    assert c.table.entries["Z"].pin_until is None
+
+
+def test_continuum_as_in_its_code_pins_a_tool_it_has_not_timed_yet():
+    c = code_case()
+    c.emit("A", "tool_start", tool="new_tool")
+    assert c.table.entries["A"].pin_until == pytest.approx(c.clock.t + 2.0)
+    c.table.predictor.observe_many("new_tool", [3.0, 2.5])
+    c.emit("B", "tool_start", tool="new_tool")
+    assert c.table.entries["B"].pin_until is None
 
 
 def test_ttl_pinner_does_not_pin_when_the_rule_says_no():
@@ -448,21 +475,21 @@ def test_block_accounting_under_every_policy_with_a_cancel_mid_pause(name, make_
     pool.check_invariants()
     assert pool.num_in_use == 0 and not engine.has_unfinished()
     assert pool.stats_evicted_blocks > 0                         # the policy was asked to choose
-    assert type(pool.policy).__name__.lower().startswith(name)
-    if name == "continuum":
-        assert pins, "TTLPinner pinned no paused program"
+    assert type(pool.policy).__name__.lower().startswith(name.split("-")[0])
+    if name.startswith("continuum"):
+        assert pins, f"{name}'s pinner pinned no paused program"
 
 
 # ------------------------------------------------------------------------------------------ errors
 def test_make_policy_unknown_name_lists_the_choices():
-    with pytest.raises(ValueError, match="unknown policy 'fifo'; choose one of lru, continuum, kvflow, agentrt"):
+    with pytest.raises(ValueError, match="unknown policy 'fifo'; choose one of lru, continuum, continuum-ttl, kvflow, agentrt"):
         make_policy("fifo", ProgramTable())
 
 
 def test_make_policy_shares_the_tables_clock():
     clock = FakeClock(5.0)
     table = ProgramTable(clock=clock)
-    for name in ("continuum", "kvflow", "agentrt"):
+    for name in ("continuum", "continuum-ttl", "kvflow", "agentrt"):
         policy, _ = make_policy(name, table)
         assert policy.table is table and policy.clock is clock
 

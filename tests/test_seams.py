@@ -200,7 +200,7 @@ def test_a_failing_scheduler_part_fails_the_program_instead_of_vanishing(make_en
         class Broken(ToolPausePredictor):              # continuum's pinner asks it at every ToolStarted
             def pin_time(self, *args, **kwargs):
                 raise RuntimeError("pinner bug")
-        door = WorkflowScheduler("continuum", kv=engine.kv_spec, predictor=Broken())
+        door = WorkflowScheduler("continuum-ttl", kv=engine.kv_spec, predictor=Broken())
         async with Runtime(engine, scheduler=door) as rt:
             assert rt.scheduler is door and engine.pool.policy is door.engine_policy.eviction
             return await rt.run(build_workflow().compile(), {"task": "x"})

@@ -41,7 +41,7 @@ from agentrt.engine.sim import StepProfile, load_profile, sim_runner
 from agentrt.runtime import Runtime
 from agentrt.sched.policies import POLICIES, PROGRAM_ORDERED
 
-WORKLOADS = ("research_team", "coding_agent")
+WORKLOADS = ("research_team", "coding_agent", "swe_agent")
 WARMUP_TIER_TOKENS = 16384
 TOOL_LATENCY_FILE = "tracelab_claude_session_rounds.jsonl"
 WORDS = ("amber river lattice copper glacier orbit meadow cipher harbor falcon quartz ember tundra "
@@ -53,17 +53,30 @@ Log = Callable[[str], None]
 
 
 DURABLE = "+ckpt"          # a policy run as a durable run (checkpointed every step): agentrt+ckpt
+LRU_HOST = "lru+host"      # LRU with the host tier (SGLang HiCache, vLLM's offload connector); plain lru has none
 
 
 def parse_policies(spec: str) -> list[str]:
     """Comma-separated policy names, in the order given (duplicates dropped); `NAME+ckpt` runs
     NAME with every program checkpointed (its overhead is measured against NAME)."""
     names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
-    unknown = [n for n in names if n.removesuffix(DURABLE) not in POLICIES]
+    unknown = [n for n in names if n.removesuffix(DURABLE) not in (*POLICIES, LRU_HOST)]
     if unknown or not names:
-        raise ValueError(f"unknown policy {', '.join(unknown) or repr(spec)}; choose from {', '.join(POLICIES)} "
-                         f"(add {DURABLE} to checkpoint every step, e.g. agentrt{DURABLE})")
+        raise ValueError(f"unknown policy {', '.join(unknown) or repr(spec)}; choose from {', '.join(POLICIES)}, "
+                         f"{LRU_HOST} (add {DURABLE} to checkpoint every step, e.g. agentrt{DURABLE})")
     return names
+
+
+def engine_setup(policy: str, host_tokens: int) -> tuple[str, int]:
+    """(the scheduler policy, the host tier in tokens) a benchmark policy runs with: `lru` is vLLM's
+    automatic prefix caching (device tier only), `lru+host` adds the host tier, every other
+    policy gets the host tier when one is configured."""
+    base = policy.removesuffix(DURABLE)
+    if base == LRU_HOST:
+        if not host_tokens:
+            raise ValueError(f"{LRU_HOST} needs a host tier: give --kv-host-tokens")
+        return "lru", host_tokens
+    return base, 0 if base == "lru" else host_tokens
 
 
 def poisson_arrivals(n: int, rate: float, seed: int) -> list[float]:
@@ -120,11 +133,12 @@ class Harness:
         cfg = EngineConfig(dtype=self.dtype)
         return kv_bytes_per_token(self.loaded.config, cfg.torch_dtype(cfg.torch_device()))
 
-    def engine(self, kv_tokens: int) -> LLMEngine:
+    def engine(self, kv_tokens: int, host_tokens: int | None = None) -> LLMEngine:
         """A fresh engine; the run's Runtime(policy=...) installs the policy and its queue order."""
         cfg = EngineConfig(dtype=self.dtype, block_size=self.block_size, kv_cache_tokens=kv_tokens,
                            num_threads=self.threads, max_model_len=min(self.max_positions, kv_tokens),
-                           host_kv_tokens=self.host_tokens, max_num_seqs=self.max_num_seqs)
+                           host_kv_tokens=self.host_tokens if host_tokens is None else host_tokens,
+                           max_num_seqs=self.max_num_seqs)
         if self.profile is None:
             return LLMEngine(self.loaded, cfg)
         clock = VirtualClock()
@@ -138,12 +152,12 @@ class Harness:
 
     def one_run(self, workload: Workload, policy: str, kv_tokens: int, run: int, *,
                 warmup: bool = False) -> RunRecord:
-        engine = self.engine(kv_tokens)
+        base, host = engine_setup(policy, self.host_tokens)
+        engine = self.engine(kv_tokens, host)
         probe = Probe(engine)
-        base = policy.removesuffix(DURABLE)
         options = {"order": self.program_order, "max_programs": self.max_programs} if base in PROGRAM_ORDERED else {}
         with tempfile.TemporaryDirectory(prefix="agentrt-bench-") as folder:
-            if base != policy:
+            if policy.endswith(DURABLE):
                 options["checkpoint"] = Path(folder) / "runs.db"
             drive = workload.drive(engine, base, probe, warmup, options)
             records, wall = asyncio.run(drive) if self.profile is None else run_virtual(drive, engine.clock)
@@ -293,12 +307,24 @@ def workflow_workload(name: str, programs: int, rate: float, seed: int, *, outpu
         inputs = [{"task": f"Task {i}: write a function named {words(rng, 1)}_{i} that sorts {words(rng, 5)}."}
                   for i in range(programs)]
         describe = f"{programs} coding_agent programs ({n_rounds} rounds, {out} tokens per turn)"
-    compiled = wf.compile()
-
-    async def drive(engine: LLMEngine, policy: str, probe: Probe, warmup: bool = False, options: dict | None = None):
-        if name == "coding_agent":          # the same pauses, program by program, for every policy
+    before = None
+    if name == "coding_agent":             # the same pauses, program by program, for every policy
+        def before() -> None:
             current.clear()
             current.update({pid: list(seq) for pid, seq in pauses.items()})
+    drive = program_driver(wf.compile(), inputs, arrivals, before=before)
+    return Workload(name, programs, describe, drive, notes)
+
+
+def program_driver(compiled, inputs: list[dict], arrivals: list[float], *, before: Callable[[], None] | None = None,
+                   ids: list[str] | None = None):
+    """`Workload.drive` for programs of one compiled workflow: program i (id `ids[i]`, else p{i})
+    arrives at `arrivals[i]` with `inputs[i]`; `before()` runs at the start of every run."""
+    ids = ids or [f"p{i}" for i in range(len(inputs))]
+
+    async def drive(engine: LLMEngine, policy: str, probe: Probe, warmup: bool = False, options: dict | None = None):
+        if before is not None:
+            before()
         aengine = AsyncLLMEngine(engine, inline=isinstance(engine.clock, VirtualClock))
         engine.stream_text = False          # text is only needed at the end of a turn
         rt = Runtime(aengine, policy=policy, **(options or {}))
@@ -311,13 +337,31 @@ def workflow_workload(name: str, programs: int, rate: float, seed: int, *, outpu
                 if delay > 0:
                     await asyncio.sleep(delay)
                 submitted = probe.now()
-                r = await rt.submit(compiled, inputs[i], program_id=f"p{i}").result()
+                r = await rt.submit(compiled, inputs[i], program_id=ids[i]).result()
                 return ProgramRecord(r.program_id, r.status, submitted, r.jct, r.llm_calls, r.tokens_in,
                                      r.tokens_out, r.cached_tokens, r.error)
-            records = await asyncio.gather(*(one(i) for i in range(programs)))
+            records = await asyncio.gather(*(one(i) for i in range(len(inputs))))
             return list(records), probe.now()
         finally:
             await rt.close()
             await aengine.close()
+    return drive
 
-    return Workload(name, programs, describe, drive, notes)
+
+def swe_workload(shape) -> Workload:
+    """`shape.programs` SWE-agent episodes (agentrt.bench.swe) of workflows/swe_agent.py."""
+    from agentrt.bench.swe import summary, swe_programs, tool_calls
+    module = _workflow_module("swe_agent")
+    episodes = swe_programs(shape)
+    facts = summary(episodes)
+    inputs = [module.episode_input(shape, i) for i in range(len(episodes))]
+    notes = [tool_calls()[1] + (f", divided by {shape.time_scale:g}" if shape.time_scale != 1 else ""),
+             f"arrivals: {'all at once' if shape.rate == 0 else f'Poisson, {shape.rate:g} programs/s (seed {shape.seed})'}",
+             f"{facts['turns']} turns; {facts['calls_under_1s']:.0%} of tool calls under 1 s, "
+             f"{facts['tool_time_in_calls_over_1s']:.0%} of tool time in calls of 1 s or more (longest "
+             f"{facts['max_tool_seconds']:.1f} s)"]
+    describe = (f"{len(episodes)} swe_agent programs ({shape.min_turns}-{shape.max_turns} turns, scale {shape.scale:g}, "
+                f"~{facts['mean_context_tokens']:,.0f} words of final context, up to {facts['max_context_tokens']:,})")
+    drive = program_driver(module.build(shape=shape).compile(), inputs, [p.arrival_s for p in episodes],
+                           ids=[p.program_id for p in episodes])
+    return Workload("swe_agent", len(episodes), describe, drive, notes)

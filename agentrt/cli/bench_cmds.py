@@ -26,6 +26,7 @@ ALL_POLICIES = "lru,continuum,kvflow,agentrt"
 class WorkloadName(str, enum.Enum):
     research_team = "research_team"
     coding_agent = "coding_agent"
+    swe_agent = "swe_agent"
 
 
 class TraceFormat(str, enum.Enum):
@@ -86,6 +87,10 @@ def bench_workflows(
     rounds: Annotated[int | None, typer.Option(min=1, help="coding_agent: loop rounds (4); research_team: "
                                                            "review rounds (1)")] = None,
     speedup: Annotated[float, typer.Option(min=0.001, help="divide tool pauses by this")] = 1.0,
+    scale: Annotated[float, typer.Option(min=0.001, help="swe_agent: multiply every token length by this "
+                                                         "(0.125 suits a small CPU model)")] = 1.0,
+    turns: Annotated[str, typer.Option(metavar="LO-HI", help="swe_agent: turns per program, drawn "
+                                                             "uniformly")] = "20-60",
     seed: Annotated[int, typer.Option(min=0, help="seed of arrivals, texts and tool pauses")] = 0,
     dtype: EngineDTypeOpt = "auto",
     threads: ThreadsOpt = 2,
@@ -99,16 +104,23 @@ def bench_workflows(
     save: SaveOpt = None,
 ) -> None:
     """The KV policies side by side on many concurrent fixed-shape programs (same inputs, fresh engine each)."""
-    from agentrt.bench.workflow_bench import parse_policies, workflow_workload
+    from agentrt.bench.workflow_bench import parse_policies, swe_workload, workflow_workload
     with user_errors():
         names = parse_policies(policies)
-        work = workflow_workload(workload.value, programs, rate, seed, output_tokens=output_tokens, rounds=rounds,
-                                 speedup=speedup)
+        if workload is WorkloadName.swe_agent:
+            from agentrt.bench.swe import SweShape
+            lo, hi = parse_range(turns, "--turns")
+            work = swe_workload(SweShape(programs, rate, seed, scale, speedup, lo, hi))
+        else:
+            work = workflow_workload(workload.value, programs, rate, seed, output_tokens=output_tokens,
+                                     rounds=rounds, speedup=speedup)
         harness, kv_device_tokens = _load_harness(model, dtype, threads, kv_host_tokens, max_num_seqs, program_order,
                                                   max_programs, kv_device_tokens, kv_device_bytes, seed=seed,
                                                   profile=sim)
     settings = {"workload": workload.value, "programs": programs, "rate": rate, "output_tokens": output_tokens,
                 "rounds": rounds, "speedup": speedup, "seed": seed}
+    if workload is WorkloadName.swe_agent:
+        settings.update(scale=scale, turns=turns)
     _run("workflows", harness, work, names, runs, kv_device_tokens, kv_host_tokens, tier_fraction, warmup,
          settings, as_json, plot, save)
 
@@ -159,6 +171,18 @@ def bench_replay(
     settings = {"trace": str(trace), "format": fmt, "scale": scale, "limit": limit, "speedup": speedup, "seed": seed}
     _run("replay", harness, work, names, runs, kv_device_tokens, kv_host_tokens, tier_fraction, warmup,
          settings, as_json, plot, save)
+
+
+def parse_range(text: str, option: str) -> tuple[int, int]:
+    """'20-60' (or '30') as (20, 60)."""
+    lo, _, hi = text.partition("-")
+    try:
+        low, high = int(lo), int(hi or lo)
+    except ValueError:
+        raise ValueError(f"{option} takes LO-HI, e.g. 20-60; got {text!r}") from None
+    if not 1 <= low <= high:
+        raise ValueError(f"{option} {text}: need 1 <= LO <= HI")
+    return low, high
 
 
 def _load_harness(model: str, dtype: str, threads: int, host_tokens: int, max_num_seqs: int, order: ProgramOrder,

@@ -21,11 +21,17 @@ def _code(obj: Any) -> str | None:
     return getattr(obj, "__qualname__", type(obj).__name__)
 
 
+def _params(params) -> Any:
+    if params is None or callable(params):
+        return _code(params)
+    return params.model_dump(mode="json")
+
+
 def _step(step) -> dict[str, Any]:
     d = {"kind": step.kind, "output": step.output}
     if step.kind == "llm":
         d.update(agent=step.agent, prompt=_code(step.prompt), parse=_code(step.parse),
-                 params=step.params.model_dump(mode="json") if step.params is not None else None)
+                 params=_params(step.params))
     elif step.kind == "tool":
         d.update(tool=step.tool, args={k: _code(v) if callable(v) else v for k, v in step.args.items()},
                  on_error=step.on_error)

@@ -70,7 +70,8 @@ class LLMStep(Step):
     agent: str = ""
     prompt: Template = ""
     parse: Callable[[str], Any] | None = None
-    params: SamplingParams | None = None       # overrides the agent's for this step
+    params: SamplingParams | Callable[[Any], SamplingParams] | None = None   # overrides the agent's;
+                                               # a function of the state chooses them per turn
 
     @property
     def kind(self) -> str:

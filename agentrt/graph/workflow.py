@@ -78,8 +78,9 @@ class Workflow:
     # ------------------------------------------------------------------ steps
     def llm(self, name: str, agent: Agent | str, prompt: Template, *, output: str | None = None,
             parse: Callable[[str], Any] | None = None,
-            params: SamplingParams | Mapping | None = None) -> "Workflow":
-        """An agent turn: `prompt` (a template over the state) is the user message."""
+            params: SamplingParams | Mapping | Callable[[Any], SamplingParams] | None = None) -> "Workflow":
+        """An agent turn: `prompt` (a template over the state) is the user message. `params`
+        override the agent's, or are chosen per turn by a function of the state."""
         if isinstance(agent, Agent):
             agent = self.add_agent(agent).name
         if isinstance(params, Mapping):

@@ -35,7 +35,9 @@ class AgentTurns:
         conv = self.conversation(agent, lane)
         prompt = step.prompt(prog.view(lane)) if callable(step.prompt) else render(step.prompt, prog.scope(lane))
         conv.add_user(prompt)
-        params = step.params or agent.params
+        params = step.params(prog.view(lane)) if callable(step.params) else (step.params or agent.params)
+        if not isinstance(params, SamplingParams):
+            raise ProgramError(step.name, f"params returned {type(params).__name__}, not SamplingParams")
         text = await (prog.tools.agent_loop(step, agent, conv, params) if agent.tools
                       else self.reply(step, agent, conv, params, 0))
         if step.parse is None:

@@ -3,7 +3,10 @@
 | policy      | evicts first                                                                |
 |-------------|-----------------------------------------------------------------------------|
 | `lru`       | the least recently used leaf (vLLM / SGLang prefix caching)                 |
-| `continuum` | LRU, but a program paused on a tool keeps its blocks for a TTL (its pin)     |
+| `continuum` | LRU, but a program paused on a tool keeps its blocks for a TTL (its pin):    |
+|             | as in Continuum's public code, a fixed 2 s pin when the tool's running mean  |
+|             | is at most 2 s, none for slower tools and none on a program's last step      |
+| `continuum-ttl` | the same, with the TTL chosen by the paper's rule (`TTLPinner`)         |
 | `kvflow`    | the leaf whose readers are the most steps from running again                 |
 | `agentrt`   | the leaf whose readers are expected to need it latest, in seconds: the rest  |
 |             | of a tool pause as the predictor expects it, plus the turns still to go      |
@@ -23,10 +26,10 @@ from agentrt.engine.eviction import EvictionPolicy, LRUPolicy
 from agentrt.sched.events import ToolStarted
 from agentrt.sched.program_table import INF, ProgramTable
 
-POLICIES = ("lru", "continuum", "kvflow", "agentrt")
+POLICIES = ("lru", "continuum", "continuum-ttl", "kvflow", "agentrt")
 PREFILL_SECONDS_PER_TOKEN = 1 / 600      # smollm2-135M, fp32, 2 CPU threads (`agentrt bench engine`, prefill)
 HOST_COPY_BYTES_PER_SECOND = 10e9        # a host <-> device block copy (CPU memcpy; PCIe is of the same order)
-PROGRAM_ORDERED = ("continuum", "agentrt")        # admit by program arrival, not request arrival
+PROGRAM_ORDERED = ("continuum", "continuum-ttl", "agentrt")        # admit by program arrival, not request arrival
 PREFETCHING = ("kvflow", "agentrt")               # bring the next agents' prefixes back ahead of need
 
 
@@ -170,6 +173,25 @@ class TTLPinner:
             self.table.pin(event.program_id, self.table.clock.now() + ttl)
 
 
+class FixedPinner:
+    """Continuum's public code (its vLLM scheduler): when a program pauses on a tool whose running
+    mean duration is at most `pin_seconds` (or not yet known), pin its blocks for `pin_seconds`;
+    slower tools get no pin, nor does a pause after the program's last turn."""
+
+    def __init__(self, table: ProgramTable, *, pin_seconds: float = 2.0):
+        self.table, self.pin_seconds = table, pin_seconds
+
+    def publish(self, event) -> None:
+        if type(event) is not ToolStarted:
+            return
+        entry = self.table.entries.get(event.program_id)
+        if entry is None or entry.finished or not entry.steps_to_execution:
+            return                                 # no turn left: nothing would read the blocks
+        seen = self.table.predictor.samples(event.tool)
+        if not seen or sum(seen) / len(seen) <= self.pin_seconds:
+            self.table.pin(event.program_id, self.table.clock.now() + self.pin_seconds)
+
+
 def worth_swapping(table: ProgramTable, *, copy_seconds: float = 0.0, recompute_seconds: float = 1.0):
     """agentrt's swap filter, cost-aware: copy a victim to the host tier only if a live program
     will read it (host space is not free) and the round trip (out now, back later: twice
@@ -193,6 +215,8 @@ def make_policy(name: str, table: ProgramTable) -> tuple[EvictionPolicy, list]:
     if name == "lru":
         return LRUPolicy(), []
     if name == "continuum":
+        return ContinuumPolicy(table, table.clock), [FixedPinner(table)]
+    if name == "continuum-ttl":
         return ContinuumPolicy(table, table.clock), [TTLPinner(table)]
     if name == "kvflow":
         return KVFlowPolicy(table, table.clock), []

@@ -1,0 +1,116 @@
+"""The SWE-agent-shaped workload: its episodes (seeded, trace-drawn tool calls, growing contexts),
+workflows/swe_agent.py running them turn for turn, per-turn sampling params in the DSL, the
+`lru+host` bench policy, and `bench workflows -w swe_agent` on the simulated backend."""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agentrt import Agent, Runtime, SamplingParams, Workflow
+from agentrt.bench.swe import SweShape, summary, swe_programs, tool_calls
+from agentrt.bench.workflow_bench import engine_setup, parse_policies
+from agentrt.cli import app
+from runtime_helpers import P
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def swe_module():
+    spec = importlib.util.spec_from_file_location("swe_agent_test", ROOT / "workflows" / "swe_agent.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module          # pydantic resolves the state's annotations there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_episodes_are_seeded_and_shaped_like_coding_agents():
+    shape = SweShape(programs=40, rate=0.5, seed=3)
+    a, b = swe_programs(shape), swe_programs(shape)
+    assert a == b and swe_programs(SweShape(programs=40, rate=0.5, seed=4)) != a
+    assert all(20 <= len(p.turns) <= 60 for p in a)
+    arrivals = [p.arrival_s for p in a]
+    assert arrivals == sorted(arrivals) and arrivals[0] == 0 and 40 < arrivals[-1] < 160   # ~80 s at 0.5/s
+    facts = summary(a)
+    assert facts["calls_under_1s"] > 0.5                        # most calls are quick ...
+    assert facts["tool_time_in_calls_over_1s"] > 0.8            # ... most tool time is in slow ones
+    assert 10_000 < facts["mean_context_tokens"] < 50_000       # full-scale contexts
+    names = {name for name, _ in tool_calls()[0]}
+    assert {t.tool for p in a for t in p.turns} <= names
+    small = swe_programs(SweShape(programs=40, seed=3, scale=0.125))
+    assert summary(small)["mean_context_tokens"] < facts["mean_context_tokens"] / 6
+    with pytest.raises(ValueError, match="turns"):
+        SweShape(min_turns=30, max_turns=20)
+
+
+def test_the_workflow_runs_the_episode_turn_for_turn(make_engine):
+    module = swe_module()
+    shape = SweShape(programs=2, scale=0.01, time_scale=200.0, min_turns=4, max_turns=6)
+    episodes = swe_programs(shape)
+    wf = module.build(shape=shape)
+    engine = make_engine(kv_cache_tokens=8192, max_model_len=8192)
+
+    async def main():
+        async with Runtime(engine, policy="agentrt") as rt:
+            return await asyncio.gather(*(rt.run(wf, module.episode_input(shape, i)) for i in range(2)))
+    results = asyncio.run(main())
+    for ep, r in zip(episodes, results):
+        assert r.status == "done", r.error
+        assert r.llm_calls == len(ep.turns) and r.tool_calls == len(ep.turns)
+        assert r.tokens_out == sum(t.output_tokens for t in ep.turns)   # each turn's own reply length
+        assert len(r.state.observations) == len(ep.turns)
+        assert r.cached_tokens > 0.5 * r.tokens_in                      # the growing context is reused
+
+
+def test_per_turn_params_must_be_sampling_params(make_engine):
+    from pydantic import BaseModel
+
+    class S(BaseModel):
+        n: int = 3
+        out: str = ""
+    ok = Workflow("ok", S, output="out")
+    ok.llm("a", Agent("a", params=P(2)), "hi", output="out", params=lambda s: SamplingParams(max_tokens=s.n,
+                                                                                             ignore_eos=True))
+    bad = Workflow("bad", S, output="out")
+    bad.llm("a", Agent("a", params=P(2)), "hi", output="out", params=lambda s: {"max_tokens": 2})
+    engine = make_engine(kv_cache_tokens=1024)
+
+    async def main():
+        async with Runtime(engine) as rt:
+            return await rt.run(ok, {}), await rt.run(bad, {})
+    good, wrong = asyncio.run(main())
+    assert good.status == "done" and good.tokens_out == 3
+    assert wrong.status == "failed" and "params returned dict, not SamplingParams" in wrong.error
+
+
+def test_lru_host_is_lru_with_the_host_tier_and_plain_lru_has_none():
+    assert parse_policies("lru,lru+host,continuum-ttl") == ["lru", "lru+host", "continuum-ttl"]
+    assert engine_setup("lru", 4096) == ("lru", 0)
+    assert engine_setup("lru+host", 4096) == ("lru", 4096)
+    assert engine_setup("agentrt", 4096) == ("agentrt", 4096)
+    assert engine_setup("agentrt+ckpt", 0) == ("agentrt", 0)
+    with pytest.raises(ValueError, match="needs a host tier"):
+        engine_setup("lru+host", 0)
+
+
+def test_bench_swe_agent_on_the_simulated_backend():
+    result = CliRunner().invoke(app, ["bench", "workflows", "-w", "swe_agent", "--model", "tiny-random-llama",
+                                      "--sim", "h100-llama3-8b", "--programs", "3", "--scale", "0.01",
+                                      "--turns", "3-4", "--runs", "1", "--policies", "lru,lru+host,agentrt",
+                                      "--kv-host-tokens", "4096", "--threads", "1", "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["workload"] == "swe_agent" and report["settings"]["turns"] == "3-4"
+    assert list(report["policies"]) == ["lru", "lru+host", "agentrt"]
+    assert report["policies"]["lru"]["median"]["host_loaded_blocks"] == 0
+    assert {t["baseline"] for t in report["targets"]} >= {"lru", "lru+host"}
+    assert all(e["median"]["failed"] == 0 for e in report["policies"].values())
+    bad = CliRunner().invoke(app, ["bench", "workflows", "-w", "swe_agent", "--turns", "9-3",
+                                   "--model", "tiny-random-llama"])
+    assert bad.exit_code == 2 and "LO <= HI" in bad.output + (bad.stderr or "")
