@@ -42,7 +42,7 @@ def scripted(tiny_loaded):
         holder["runner"] = ScriptRunner(layout, step_seconds=0.002)
         return holder["runner"]
     engine = AsyncLLMEngine(LLMEngine(tiny_loaded, EngineConfig(device="cpu", kv_cache_tokens=4096), runner=runner))
-    app = create_app(engine, model_name=MODEL, policy="continuum", max_pending=3, idle_timeout=0.5)
+    app = create_app(engine, model_name=MODEL, policy="continuum-ttl", max_pending=3, idle_timeout=0.5)
     with ServerThread(app) as url:
         yield url, engine, app, holder["runner"]
 

@@ -13,6 +13,7 @@ from agentrt.cli.common import DEFAULT_MODEL, EngineDTypeOpt, app, err, fail, pa
 class ServePolicy(str, enum.Enum):
     lru = "lru"
     continuum = "continuum"
+    continuum_ttl = "continuum-ttl"
     kvflow = "kvflow"
     agentrt = "agentrt"
     none = "none"
@@ -23,6 +24,8 @@ SERVE_EPILOG = """Examples:
   agentrt serve                                   # smollm2-135m on http://127.0.0.1:8000/v1
 
   agentrt serve tiny-random-llama --port 8001 --api-key secret --policy continuum
+
+  agentrt serve --api-key sk-team-a --api-key sk-team-b   # two tenants, two prefix caches
 
   curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' -d '{"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}], "program_id": "job-1", "agent_id": "coder"}'
 
@@ -37,9 +40,11 @@ def serve(
     model: Annotated[str, typer.Argument(help="model alias (see `agentrt models`) or a local HF directory")] = DEFAULT_MODEL,
     host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port")] = 8000,
-    api_key: Annotated[str | None, typer.Option("--api-key", envvar="AGENTRT_API_KEY", show_envvar=True,
-                                                help="require 'Authorization: Bearer KEY' on /v1 routes")] = None,
-    policy: Annotated[ServePolicy, typer.Option(help="KV policy: lru, continuum, kvflow, agentrt, or none (the "
+    api_key: Annotated[list[str] | None, typer.Option(
+        "--api-key", envvar="AGENTRT_API_KEY", show_envvar=True,
+        help="require 'Authorization: Bearer KEY' on /v1 routes; repeat it for several tenants: each key then "
+             "gets a prefix cache of its own (cache_salt), so no tenant can probe another's prompts")] = None,
+    policy: Annotated[ServePolicy, typer.Option(help="KV policy: lru, continuum, continuum-ttl, kvflow, agentrt, or none (the "
                                                      "engine's plain LRU, no program tracking events)")] = ServePolicy.agentrt,
     served_model_name: Annotated[str | None, typer.Option(help="the model name clients send (default: MODEL)")] = None,
     kv_cache_tokens: Annotated[int, typer.Option(min=16, help="device-tier KV capacity in tokens")] = 16384,
@@ -79,12 +84,20 @@ def serve(
         with err.status(f"loading {model} ..."):
             engine = AsyncLLMEngine.from_pretrained(model, **config.model_dump(exclude_defaults=True))
     name = served_model_name or (model if not os.path.isdir(model) else os.path.basename(os.path.normpath(model)))
-    app_ = create_app(engine, model_name=name, policy=None if policy is ServePolicy.none else policy.value,
-                      api_key=api_key, max_pending=max_pending, max_body_bytes=body_limit,
-                      idle_timeout=idle_timeout, default_max_tokens=max_tokens)
+    keys = api_key[0] if api_key and len(api_key) == 1 else (api_key or None)
+    with user_errors():
+        app_ = create_app(engine, model_name=name, policy=None if policy is ServePolicy.none else policy.value,
+                          api_key=keys, max_pending=max_pending, max_body_bytes=body_limit,
+                          idle_timeout=idle_timeout, default_max_tokens=max_tokens)
     server = make_server(app_, host, port, grace=grace, log_level=log_level, access_log=log_level == "debug")
     err.print(f"agentrt serve: {name} on http://{host}:{port}/v1 (policy {policy.value}, "
-              f"{engine.engine.max_model_len}-token context, {'API key required' if api_key else 'no API key'})")
+              f"{engine.engine.max_model_len}-token context, {_keys_line(api_key)})")
     server.run()
     if not server.started:
         raise typer.Exit(1)
+
+
+def _keys_line(keys: list[str] | None) -> str:
+    if not keys:
+        return "no API key"
+    return "API key required" if len(keys) == 1 else f"{len(keys)} API keys, a prefix cache per key"

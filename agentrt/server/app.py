@@ -26,6 +26,7 @@ from agentrt.server.metrics import CONTENT_TYPE, ServerMetrics
 from agentrt.server.programs import ProgramIds, ProgramTracker
 from agentrt.server.schemas import ChatRequest, CompletionRequest, ProgramFields
 from agentrt.server.service import Job, Service
+from agentrt.server.tenancy import Keys, Tenancy
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _TRUE = {"1", "true", "yes", "on"}
@@ -86,17 +87,15 @@ def program_ids(body: ProgramFields, headers=None) -> ProgramIds:
             graph = NodeGraph.from_spec(body.program_graph)
         except ValueError as exc:
             raise invalid(str(exc), "program_graph") from None
-    if body.cache_salt is not None:
-        raise invalid("cache_salt is not supported by this server yet: the engine's prefix cache has no "
-                      "per-tenant salt; run one server per tenant for isolation", "cache_salt", "unsupported")
     return ProgramIds(pid, agent, last, graph)
 
 
-def create_app(engine, *, model_name: str, policy: str | None = "agentrt", api_key: str | None = None,
+def create_app(engine, *, model_name: str, policy: str | None = "agentrt", api_key: Keys = None,
                max_pending: int = 256, max_body_bytes: int = 4 << 20, idle_timeout: float = 600.0,
                default_max_tokens: int = 1024, close_engine: bool = True, scheduler=None) -> FastAPI:
     """An app over `engine` (installs the policy's scheduler on it: call before any request).
-    `scheduler`: a WorkflowScheduler of your own instead of `policy`'s."""
+    `scheduler`: a WorkflowScheduler of your own instead of `policy`'s. `api_key`: one key, several
+    (each a tenant with a prefix cache of its own) or {key: tenant} (see agentrt.server.tenancy)."""
     door = scheduler
     if door is None and policy is not None:
         from agentrt.sched import WorkflowScheduler
@@ -105,8 +104,9 @@ def create_app(engine, *, model_name: str, policy: str | None = "agentrt", api_k
     if door is not None:
         engine.install_policy(door.engine_policy)
     tracker = ProgramTracker(door, engine.clock, end_program=engine.end_program, idle_timeout=idle_timeout)
+    tenancy = Tenancy(api_key)
     service = Service(engine, tracker, model_name=model_name, max_pending=max_pending,
-                      default_max_tokens=default_max_tokens)
+                      default_max_tokens=default_max_tokens, tenancy=tenancy)
     metrics = service.metrics = ServerMetrics(engine, door, tracker, service.state)
 
     @contextlib.asynccontextmanager
@@ -129,15 +129,13 @@ def create_app(engine, *, model_name: str, policy: str | None = "agentrt", api_k
     install_handlers(app)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
-    def authorize(request: Request) -> None:
-        if api_key is None:
-            return
+    def authorize(request: Request) -> str | None:
+        """The caller's tenant (None without keys), or a 401."""
+        if not tenancy.required:
+            return None
         auth = request.headers.get("authorization", "")
         given = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
-        if not given:
-            raise APIError(401, "missing API key: send 'Authorization: Bearer KEY'", code="missing_api_key")
-        if given != api_key:
-            raise APIError(401, "incorrect API key", code="invalid_api_key")
+        return tenancy.authenticate(given)
 
     @app.get("/health")
     async def health():
@@ -178,9 +176,9 @@ def create_app(engine, *, model_name: str, policy: str | None = "agentrt", api_k
         return info
 
     async def serve(body, request: Request, job_of) -> Response:
-        authorize(request)
+        tenant = authorize(request)
         ids = program_ids(body, request.headers)
-        job: Job = job_of(body)
+        job: Job = job_of(body, tenant)
         slot = service.admit()
         if body.stream:
             return await _stream(service, job, ids, slot, request, metrics)

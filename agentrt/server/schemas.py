@@ -81,7 +81,9 @@ class ProgramFields(_Lenient):
     program_graph: dict[str, Any] | None = Field(
         None, description="the program's node graph, on its first request: {entry, edges: [[a, b], ...], "
                           "agents: [...]} (see agentrt.server.graphs.NodeGraph)")
-    cache_salt: str | None = Field(None, min_length=1, max_length=256)
+    cache_salt: str | None = Field(None, min_length=1, max_length=256,
+                                   description="share the prefix cache only with requests of the same salt "
+                                               "(vLLM's field; see agentrt.server.tenancy)")
 
 
 class _SamplingFields(ProgramFields):

@@ -10,15 +10,17 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from agentrt.engine.async_engine import EngineDeadError
 from agentrt.engine.params import SamplingParams
+from agentrt.engine.request import RequestMeta
 from agentrt.server.errors import APIError, invalid
 from agentrt.server.programs import ProgramIds, ProgramTracker, tool_of_reply
 from agentrt.server.prompting import StreamSplitter, chat_prompt, split_reply
 from agentrt.server.schemas import ChatRequest, CompletionRequest
+from agentrt.server.tenancy import Tenancy
 
 
 class Job(NamedTuple):
@@ -31,6 +33,7 @@ class Job(NamedTuple):
     echo: str                        # completions with echo: the prompt text, before the reply
     include_usage: bool
     created: int
+    cache_salt: str | None = None    # the prefix cache it may share (agentrt.server.tenancy)
 
 
 class Slot:
@@ -58,8 +61,9 @@ def usage(job: Job, out) -> dict[str, Any]:
 
 class Service:
     def __init__(self, engine, tracker: ProgramTracker, *, model_name: str, max_pending: int = 256,
-                 default_max_tokens: int = 1024):
+                 default_max_tokens: int = 1024, tenancy: Tenancy | None = None):
         self.engine, self.tracker, self.model_name = engine, tracker, model_name
+        self.tenancy = tenancy if tenancy is not None else Tenancy()
         self.max_pending, self.default_max_tokens = max_pending, default_max_tokens
         self.state = ServiceState()
         self.metrics = None           # ServerMetrics, set by the app
@@ -110,7 +114,7 @@ class Service:
             raise invalid(str(exc), param, code) from None
         return ids
 
-    def chat_job(self, req: ChatRequest) -> Job:
+    def chat_job(self, req: ChatRequest, tenant: str | None = None) -> Job:
         self.check_model(req.model)
         prompt = chat_prompt(req)
         tok = self.engine.tokenizer
@@ -122,21 +126,24 @@ class Service:
         stops = ["</tool_call>"] if prompt.tool_names else []
         return Job("chat", f"chatcmpl-{uuid.uuid4().hex}", ids, self._params(req, len(ids), stops), prompt.prefix,
                    prompt.tool_names, "", bool(req.stream_options and req.stream_options.include_usage),
-                   int(time.time()))
+                   int(time.time()), self.tenancy.cache_salt(tenant, req.cache_salt))
 
-    def completion_job(self, req: CompletionRequest) -> Job:
+    def completion_job(self, req: CompletionRequest, tenant: str | None = None) -> Job:
         self.check_model(req.model)
         ids = self._encode(req.prompt, "prompt")
         echo = ""
         if req.echo:
             echo = req.prompt if isinstance(req.prompt, str) else self.engine.tokenizer.decode(ids)
         return Job("text", f"cmpl-{uuid.uuid4().hex}", ids, self._params(req, len(ids), []), "", frozenset(), echo,
-                   bool(req.stream_options and req.stream_options.include_usage), int(time.time()))
+                   bool(req.stream_options and req.stream_options.include_usage), int(time.time()),
+                   self.tenancy.cache_salt(tenant, req.cache_salt))
 
     # ---------------------------------------------------------------- running
     async def _outputs(self, job: Job, ids: ProgramIds) -> AsyncIterator[Any]:
         """The engine's cumulative outputs for the job; tracker and metrics are told at the end."""
         meta = self.tracker.begin(ids, job.id, job.prompt_ids)
+        if job.cache_salt is not None:
+            meta = replace(meta or RequestMeta(), cache_salt=job.cache_salt)
         start = last = time.monotonic()
         out, ok, seen = None, False, 0
         m = self.metrics
