@@ -24,7 +24,7 @@ def one(disk_dir: str, tokens: int, weights: str, threads: int) -> dict:
     opts = {} if weights == "auto" else {"weights": weights}
     engine = LLMEngine.from_pretrained("smollm2-135m", kv_disk_dir=disk_dir, num_threads=threads, **opts)
     words = "The archive holds records of tides, harvests, trade routes and the weather of each year. "
-    system = ""
+    system = words
     while len(engine.encode(system)) < tokens:
         system += words
     ids = engine.apply_chat_template([{"role": "system", "content": system},
@@ -40,7 +40,9 @@ def one(disk_dir: str, tokens: int, weights: str, threads: int) -> dict:
 def spawn(disk_dir: str, tokens: int, weights: str, threads: int) -> dict:
     cmd = [sys.executable, "-m", "agentrt.bench.disk_ttft", "--child", disk_dir, "--tokens", str(tokens),
            "--weights", weights, "--threads", str(threads)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(f"measuring process failed:\n{res.stderr[-2000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
