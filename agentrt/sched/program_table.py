@@ -1,10 +1,15 @@
 """The program table: what the program events say about every program, in the form the KV
 policies read it (from the engine thread, without locks: each program's entry is replaced
-whole, never edited in place)."""
+whole, never edited in place).
+
+A finished program's entry stays (with `finished` set: policies rank its blocks as they would an
+unknown program's) for the `keep_finished` most recently ended programs, so a front, a benchmark or
+a test can still read how a program ended; older ones are dropped, so a long-running server's
+table holds its live programs plus that window."""
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +20,7 @@ from agentrt.sched.events import (LLMCallEnded, LLMCallStarted, LoopCounts, Prog
 from agentrt.sched.predictor import ToolPausePredictor
 
 INF = math.inf
+KEEP_FINISHED = 10_000       # finished programs' entries kept (the most recently ended)
 
 
 @dataclass(slots=True, frozen=True)
@@ -47,14 +53,23 @@ class _Entries(dict):
         super().__setitem__(key, value)
         self.version += 1
 
+    def __delitem__(self, key) -> None:
+        super().__delitem__(key)
+        self.version += 1
+
 
 class ProgramTable:
     """Fed typed program events (`publish`) by the scheduler's front door."""
 
-    def __init__(self, predictor: ToolPausePredictor | None = None, clock: Clock = MONOTONIC):
+    def __init__(self, predictor: ToolPausePredictor | None = None, clock: Clock = MONOTONIC, *,
+                 keep_finished: int = KEEP_FINISHED):
+        if keep_finished < 0:
+            raise ValueError("keep_finished must be >= 0")
         self.predictor = predictor or ToolPausePredictor()
         self.clock = clock
+        self.keep_finished = keep_finished
         self.entries: dict[str, ProgramEntry] = _Entries()
+        self._finished: OrderedDict[str, None] = OrderedDict()   # ended programs with an entry, oldest first
         self._live: dict[str, _Live] = {}
         self.step_seconds = 1.0                  # running mean of an agent turn's duration
         self._llm_started: dict[tuple[str, str], float] = {}   # (program, request id) -> start
@@ -70,6 +85,7 @@ class ProgramTable:
 
     def _started(self, ev: ProgramStarted) -> None:
         pid = ev.program_id
+        self._finished.pop(pid, None)            # an id used again: a new program
         self._live[pid] = _Live(ev.graph)
         for tool, seconds in ev.tool_hints.items():
             if seconds and self.predictor.hint(tool) is None:
@@ -87,6 +103,11 @@ class ProgramTable:
         entry = self.entries.get(pid)
         if entry is not None:
             self.entries[pid] = ProgramEntry(pid, entry.arrival, {}, 0.0, finished=True)
+            self._finished.pop(pid, None)
+            self._finished[pid] = None
+            while len(self._finished) > self.keep_finished:
+                old, _ = self._finished.popitem(last=False)
+                del self.entries[old]
 
     def _step_started(self, ev: StepStarted) -> None:
         self._move(ev.program_id, ev.step, +1, ev.loop_counts)
@@ -108,6 +129,9 @@ class ProgramTable:
         self._refresh(pid, list(live.frontier.elements()))
 
     def _tool_started(self, ev: ToolStarted) -> None:
+        entry = self.entries.get(ev.program_id)
+        if entry is None or entry.finished:      # nothing would read it (and nothing would clear it)
+            return
         self._open_tools.setdefault(ev.program_id, []).append([ev.tool, self.clock.now(), None])
         self._paused(ev.program_id)
 
@@ -172,6 +196,13 @@ class ProgramTable:
     @property
     def version(self) -> int:
         return self.entries.version
+
+    def sizes(self) -> dict[str, int]:
+        """How much the table holds: entries (live and finished), live programs, programs with tool
+        calls in flight, LLM calls in flight (a long-running front can watch these stay bounded)."""
+        return {"entries": len(self.entries), "finished": len(self._finished), "live": len(self._live),
+                "open_tools": sum(1 for calls in self._open_tools.values() if calls),
+                "llm_calls": len(self._llm_started)}
 
     # ------------------------------------------------------------------ queries
     def distance(self, pid: str, agent: str) -> float:
