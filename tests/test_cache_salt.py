@@ -11,7 +11,6 @@ from agentrt.engine.blocks import chain_hash, salt_root
 from agentrt.engine.host_tier import HostTier
 from agentrt.engine.params import SamplingParams
 from agentrt.engine.request import Request, RequestMeta
-from agentrt.engine.scheduler import Scheduler, SchedulerConfig
 
 GREEDY = SamplingParams(max_tokens=4, ignore_eos=True, return_logits=True)
 SUFFIX = ".kvb"
@@ -30,20 +29,26 @@ def disk_files(root) -> list:
 
 
 # ------------------------------------------------------------------------------------------ hashes
-def test_unsalted_hashes_are_the_plain_chain_and_salted_ones_start_at_the_salt():
-    pool = BlockPool(16, 4)
-    sched = Scheduler(SchedulerConfig(), pool)
-    ids = list(range(1, 13))
-    plain, tenant = Request("a", ids, GREEDY), Request("b", ids, GREEDY, RequestMeta(cache_salt="t1"))
-    for req in (plain, tenant):
-        sched._extend_hashes(req)
-    want, parent = [], None
-    for j in range(3):
-        parent = chain_hash(parent, tuple(ids[4 * j:4 * j + 4]))
-        want.append(parent)
-    assert plain.cache_root is None and plain.block_hashes == want                 # bit-identical to before
-    assert tenant.cache_root == salt_root("t1") and tenant.block_hashes[0] == chain_hash(salt_root("t1"), (1, 2, 3, 4))
-    assert not set(tenant.block_hashes) & set(want)
+def chain(ids: list[int], root: int | None, bs: int = 16) -> list[int]:
+    hashes, parent = [], root
+    for j in range(len(ids) // bs):
+        parent = chain_hash(parent, tuple(ids[bs * j:bs * (j + 1)]))
+        hashes.append(parent)
+    return hashes
+
+
+def test_unsalted_hashes_are_the_plain_chain_and_salted_ones_start_at_the_salt(make_engine, rand_prompts):
+    (ids,) = rand_prompts([50], seed=10)
+    engine = make_engine(kv_cache_tokens=2048)
+    run(engine, ids, None)
+    plain = chain(ids, None)
+    assert list(engine.pool.cached) == plain                                  # bit-identical to before
+    run(engine, ids, "t1")
+    tenant = chain(ids, salt_root("t1"))
+    assert list(engine.pool.cached) == plain + tenant and not set(plain) & set(tenant)
+    assert [engine.pool.cached[h].root for h in tenant] == [salt_root("t1")] * 3
+    assert Request("r", ids, GREEDY).cache_root is None
+    assert Request("r", ids, GREEDY, RequestMeta(cache_salt="t1")).cache_root == salt_root("t1")
     assert salt_root("t1") == salt_root("t1") != salt_root("t2") and 0 <= salt_root("t1") < 2**60
 
 
