@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from agentrt.cli.cluster_cmds import RouterName, serve_replicas
 from agentrt.cli.common import DEFAULT_MODEL, EngineDTypeOpt, app, err, fail, parse_size, user_errors
 
 
@@ -62,6 +63,13 @@ def serve(
     dtype: EngineDTypeOpt = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    replicas: Annotated[int | None, typer.Option(min=1, help="run N engine replicas as Ray actors behind this one "
+                                                 "endpoint (needs `pip install 'agentrt[ray]'`); default: one "
+                                                 "engine in this process, no Ray")] = None,
+    router: Annotated[RouterName, typer.Option(help="with --replicas: program (a program's turns stay on its "
+                                               "replica), prefix, least-loaded or round-robin")] = RouterName.program,
+    ray_address: Annotated[str | None, typer.Option(help="with --replicas: an existing Ray cluster "
+                                                         "(default: start a local one)")] = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API, with workflow-aware scheduling.
 
@@ -80,7 +88,16 @@ def serve(
     with user_errors():
         body_limit = parse_size(max_body)
         config = EngineConfig(kv_cache_tokens=kv_cache_tokens, host_kv_tokens=host_kv_tokens,
-                              max_num_seqs=max_num_seqs, dtype=dtype, num_threads=threads)
+                              max_num_seqs=max_num_seqs, dtype=dtype, num_threads=threads or (1 if replicas else None))
+    if replicas is not None:
+        name = served_model_name or (model if not os.path.isdir(model) else os.path.basename(os.path.normpath(model)))
+        return serve_replicas(model=model, name=name, replicas=replicas, router=router.value,
+                              engine_config=config.model_dump(exclude_defaults=True),
+                              policy=None if policy is ServePolicy.none else policy.value, host=host, port=port,
+                              api_key=api_key[0] if api_key else None, max_pending=max_pending,
+                              body_limit=body_limit, max_tokens=max_tokens, idle_timeout=idle_timeout, grace=grace,
+                              log_level=log_level, ray_address=ray_address)
+    with user_errors():
         with err.status(f"loading {model} ..."):
             engine = AsyncLLMEngine.from_pretrained(model, **config.model_dump(exclude_defaults=True))
     name = served_model_name or (model if not os.path.isdir(model) else os.path.basename(os.path.normpath(model)))

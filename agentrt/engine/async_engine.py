@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -55,9 +55,12 @@ class RequestStream:
 
 
 class AsyncLLMEngine:
-    def __init__(self, engine: LLMEngine, *, inline: bool = False):
+    def __init__(self, engine: LLMEngine, *, inline: bool = False, pace: Callable[[], float] | None = None):
         self.engine = engine
         self.inline = inline
+        # inline only: seconds to wait on the loop after each step (a simulated replica's step
+        # time, so that replicas sharing one virtual clock step side by side; agentrt.cluster.sim)
+        self._pace = pace
         engine.stream_text = True
         self._streams: dict[str, RequestStream] = {}
         self._adds: deque[tuple[str, list[int], SamplingParams, RequestMeta | None]] = deque()
@@ -166,7 +169,7 @@ class AsyncLLMEngine:
         """Run `fn` where the engine's state lives: inline, or on its thread."""
         if self._executor is None:
             result = fn()
-            await asyncio.sleep(0)             # let the programs the step woke run before the next one
+            await asyncio.sleep(self._pace() if self._pace is not None else 0)   # let the programs it woke run
             return result
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 

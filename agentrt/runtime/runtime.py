@@ -57,7 +57,9 @@ class Runtime:
     workflow). `events` ("mqtt://host:port") publishes every event to an MQTT broker, off the
     hot path (agentrt.tools.mqtt.stream). Everything reads one clock: the engine's (monotonic unless it
     was built on another). One failing program never stops the others; `cancel()` stops one and
-    frees its KV blocks.
+    frees its KV blocks. `replicas=N` runs N engines of the model as Ray actors (`pip install
+    'agentrt[ray]'`), each with its own KV tiers and `policy`, programs routed by `router`
+    (program: a program's turns stay on its replica; prefix, least-loaded, round-robin).
     """
 
     def __init__(self, engine: str | LLMEngine | AsyncLLMEngine = "smollm2-135m", *,
@@ -65,7 +67,11 @@ class Runtime:
                  policy: str | None = "auto", order: str | None = None, admission: bool = False,
                  max_programs: int | None = None, scheduler: WorkflowScheduler | None = None,
                  checkpoint: str | Path | CheckpointStore | bool | None = None, run_id: str | None = None,
-                 run_meta: Mapping[str, Any] | None = None, events: str | None = None, **engine_config: Any):
+                 run_meta: Mapping[str, Any] | None = None, events: str | None = None,
+                 replicas: int | None = None, router: str = "program", **engine_config: Any):
+        if replicas is not None:        # N engines as Ray actors; the policy is each replica's
+            engine, policy = _replica_engine(engine, replicas, router, policy, engine_config), None
+            engine_config = {}
         if engine_config and not isinstance(engine, str):
             raise TypeError("engine_config applies only when the engine is given as a model name")
         if scheduler is not None and (policy not in ("auto", scheduler.name) or order or admission or max_programs):
@@ -76,7 +82,7 @@ class Runtime:
             raise ValueError(f"unknown order {order!r}; choose from {', '.join(ORDERS)}")
         # The runtime closes only the engine it made: a given async engine (or any object with its
         # generate/tokenizer/close interface, e.g. a test double) stays open.
-        self._own_engine = isinstance(engine, (str, LLMEngine))
+        self._own_engine = isinstance(engine, (str, LLMEngine)) or replicas is not None
         if isinstance(engine, str):
             engine = AsyncLLMEngine.from_pretrained(engine, **engine_config)
         elif isinstance(engine, LLMEngine):
@@ -276,6 +282,18 @@ class Runtime:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+
+def _replica_engine(model, replicas: int, router: str, policy: str | None, engine_config: dict):
+    """`replicas` engines of `model` as Ray actors behind a router (agentrt.cluster.engine)."""
+    if not isinstance(model, str):
+        raise TypeError("replicas= starts its own engines: give the model by name, e.g. "
+                        "Runtime('smollm2-135m', replicas=4)")
+    if policy not in (None, "auto", *POLICIES):
+        raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    from agentrt.cluster.engine import ClusterEngine      # Ray: only when asked for
+    return ClusterEngine.start(model, replicas, router=router, policy="agentrt" if policy == "auto" else policy,
+                               **engine_config)
 
 
 def _journal(checkpoint, run_id: str | None, run_meta) -> tuple[RunJournal | None, bool]:
