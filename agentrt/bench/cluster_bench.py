@@ -5,7 +5,8 @@ real (Ray actors behind the OpenAI endpoint, agentrt.bench.cluster_real).
 Method: the same seeded episodes (agentrt.bench.swe) for every router; a fresh set of replicas
 (empty caches, same engine policy) per router; routers interleaved across runs. Per router: mean,
 p50 and p95 JCT (arrival to the end of the last turn), throughput (output tokens per second over
-the run's makespan), prefix-cache hit rate (cached / prompt tokens), recomputed prompt tokens, and
+the run's makespan), prefix-cache hit rate (cached / prompt tokens), prefill tokens (prompt tokens
+computed, not read from a cache: new context plus recomputed context), and
 the load balance: each replica's compute (the simulated runner's busy seconds; for real replicas
 the prompt tokens computed plus the tokens generated), max over mean.
 Targets (issue 16, 64 replicas under load): program mean JCT >= 1.3x prefix and >= 2x round-robin,
@@ -62,7 +63,7 @@ class ClusterRun:
                 "p95_jct_s": quantile(jcts, 0.95), "programs": len(jcts), "makespan_s": self.makespan_s,
                 "output_tokens_per_s": self.output_tokens / self.makespan_s if self.makespan_s else 0.0,
                 "hit_rate": self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0,
-                "recomputed_prompt_tokens": self.prompt_tokens - self.cached_tokens,
+                "prefill_tokens": self.prompt_tokens - self.cached_tokens,
                 "max_over_mean_load": max(loads) / mean_load if mean_load else 0.0,
                 "moves": self.moves, "failovers": self.failovers, "errors": len(self.errors)}
 

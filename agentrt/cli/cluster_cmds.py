@@ -136,7 +136,7 @@ def bench_cluster(
     save: Annotated[Path | None, typer.Option(help="also write the JSON object to this file")] = None,
 ) -> None:
     """Router policies side by side on the SWE-agent workload over N replicas: mean / p50 / p95
-    JCT, throughput, prefix hit rate, recomputed prompt tokens, load balance (max over mean
+    JCT, throughput, prefix hit rate, prefill tokens computed, load balance (max over mean
     replica compute), program moves and failovers, with issue 16's targets below the table."""
     from agentrt.bench.cluster_bench import medians, parse_routers, targets
     from agentrt.bench.swe import SweShape, summary, swe_programs
@@ -192,11 +192,11 @@ def _bench_table(obj: dict[str, Any]) -> Table:
                     f"{obj['settings']['programs']} programs, medians of {obj['settings']['runs']} run(s)")
     cols = (("router", None), ("mean JCT s", "mean_jct_s"), ("p50", "p50_jct_s"), ("p95", "p95_jct_s"),
             ("out tok/s", "output_tokens_per_s"), ("hit rate", "hit_rate"),
-            ("recomputed tok", "recomputed_prompt_tokens"), ("load max/mean", "max_over_mean_load"),
+            ("prefill tok", "prefill_tokens"), ("load max/mean", "max_over_mean_load"),
             ("moves", "moves"), ("failovers", "failovers"))
     for head, _ in cols:
         t.add_column(head, justify="left" if head == "router" else "right")
     for name, f in obj["routers"].items():
-        t.add_row(name, *(f"{f[k]:.1%}" if k == "hit_rate" else f"{f[k]:,.0f}" if k == "recomputed_prompt_tokens"
+        t.add_row(name, *(f"{f[k]:.1%}" if k == "hit_rate" else f"{f[k]:,.0f}" if k == "prefill_tokens"
                           else f"{f[k]:.2f}" for _, k in cols[1:]))
     return t

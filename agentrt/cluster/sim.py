@@ -60,7 +60,7 @@ def sim_replica(name: str, profile: StepProfile, shared: VirtualClock, loaded: L
     kv = kv_tokens or profile.kv_capacity_tokens or 16384
     cfg = EngineConfig(block_size=block_size, kv_cache_tokens=kv, host_kv_tokens=host_tokens,
                        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched_tokens,
-                       max_model_len=min(kv, loaded.config.max_position_embeddings))
+                       max_model_len=min(kv, getattr(profile, "max_model_len", None) or loaded.config.max_position_embeddings))
     clock = PacedClock(shared)
     runner = sim_runner(profile, clock, token=SIM_TOKEN, block_bytes=profile.block_bytes or 1024 * block_size)
     engine = LLMEngine(loaded, cfg, runner=runner, clock=clock)
