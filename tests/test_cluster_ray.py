@@ -105,7 +105,9 @@ def test_a_replica_killed_mid_run_loses_no_program_and_rejoins(cluster):
     for t in threads:
         t.join(120)
     assert results == {f"k{i}": [200] * 4 for i in range(4)}          # every turn of every program answered
-    assert front.counters.failovers >= 1 and front.counters.replica_deaths >= 1
+    # its programs went on elsewhere: a request in flight answered by the other replica, or (if the
+    # watcher saw the death first) the program's next turn placed there by the router
+    assert front.counters.failovers + front.router.failovers >= 1 and front.counters.replica_deaths >= 1
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (front.counters.rejoins < 1 or victim not in front.router.alive()):
         time.sleep(0.2)
