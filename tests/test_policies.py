@@ -369,6 +369,33 @@ def random_table_state(c: Case, rng: random.Random, pids, agents) -> None:
                     ctx=rng.randint(0, 5000), finished=rng.random() < 0.15))
 
 
+@pytest.mark.parametrize("name", ["continuum", "kvflow", "agentrt"])
+def test_bucketed_ranking_evicts_exactly_as_ranking_every_leaf(name):
+    """Ranks are computed per reader set: the victims must be those of sorting every leaf by
+    (rank of its readers, last access, when it became a leaf), as programs move between pops."""
+    rng = random.Random(7)
+    c = Case(name, 60, trained(search=[0.5, 2.0, 9.0]))
+    programs = [f"P{i}" for i in range(6)]
+    c.set(*(entry(p, {"a": rng.randint(0, 4), "b": rng.randint(1, 6)}, turns=3, ctx=500,
+                  paused="search" if i % 2 else None, since=c.clock.t - i) for i, p in enumerate(programs)))
+    added = {}
+    for k in range(60):
+        readers = {(rng.choice(programs), rng.choice("ab")) for _ in range(rng.randint(0, 3))}
+        block = c.leaf(sorted(readers), rng.randint(0, 20))
+        added[block.block_id] = k
+    for _ in range(60):
+        if rng.random() < 0.3:                       # a program moves: every rank may change
+            p = rng.choice(programs)
+            c.set(entry(p, {"a": rng.randint(0, 4)}, turns=2, ctx=500))
+            c.clock.t += 0.01
+        leaves = list(c.policy.blocks())
+        memo: dict = {}
+        expect = min(leaves, key=lambda b: (c.policy.rank(tuple(sorted(b.readers)), c.clock.t, memo),
+                                            b.last_access, added[b.block_id]))
+        [victim] = c.pool.allocate(1)
+        assert victim is expect
+
+
 @pytest.mark.parametrize("name", POLICIES)
 def test_eviction_is_leaf_first_on_random_forests(name):
     pids, agents = ["A", "B", "C", "D"], ["planner", "writer", "reviewer"]

@@ -211,3 +211,40 @@ def test_max_model_len_caps_the_context(make_engine):
     assert len(a.prompt_token_ids) + len(a.token_ids) == 40
     with pytest.raises(ValueError, match="max_model_len"):
         engine.add_request([3] * 40, greedy(1))
+
+
+def test_a_readers_next_prompt_reuses_its_hash_chain_exactly():
+    """PrefixHashes: the chain of a reader's previous prompt serves the blocks the next prompt
+    shares with it (and only those): the hashes equal a fresh computation in every case."""
+    from agentrt.engine.blocks import salt_root
+    from agentrt.engine.prefix_hashes import BlockTokens, PrefixHashes
+    from agentrt.engine.request import Request, RequestMeta
+
+    def request(tokens, salt=None):
+        meta = RequestMeta("p", "a", "s", None, cache_salt=salt)
+        return Request("r", list(tokens), SamplingParams(max_tokens=1), meta)
+
+    def fresh(tokens, salt=None):
+        req = request(tokens, salt)
+        PrefixHashes(4).extend(req, None)
+        return req.block_hashes
+
+    memo, reader = PrefixHashes(4), ("p", "a")
+    first = request(range(1, 23))
+    memo.extend(first, reader)
+    memo.remember(first, reader)
+    for tokens, salt in [(list(range(1, 23)) + [7] * 9, None),       # extends the previous prompt
+                         (list(range(1, 10)) + [99] * 20, None),     # differs inside block 2
+                         ([5] + list(range(2, 30)), None),           # differs in block 0
+                         (list(range(1, 23)), "tenant")]:            # same tokens, another salt
+        req = request(tokens, salt)
+        memo.extend(req, reader)
+        assert req.block_hashes == fresh(tokens, salt), tokens
+    assert request(range(1, 23)).cache_root is None and salt_root("tenant") != 0
+    toks = BlockTokens(first, 4, 5)
+    assert len(toks) == 5 and toks[1] == (5, 6, 7, 8) and toks[-1] == (17, 18, 19, 20)
+    assert toks[3:] == [(13, 14, 15, 16), (17, 18, 19, 20)]
+    memo.forget_program("p")
+    req = request(range(1, 23))
+    memo.extend(req, reader)
+    assert req.block_hashes == fresh(range(1, 23))

@@ -114,3 +114,25 @@ def test_bench_swe_agent_on_the_simulated_backend():
     bad = CliRunner().invoke(app, ["bench", "workflows", "-w", "swe_agent", "--turns", "9-3",
                                    "--model", "tiny-random-llama"])
     assert bad.exit_code == 2 and "LO <= HI" in bad.output + (bad.stderr or "")
+
+
+@pytest.mark.parametrize("model", ["tiny-random-llama", "smollm2-135m"])
+def test_conversations_tokenize_incrementally_and_exactly(model):
+    """Long contexts are tokenized once: each prompt reuses the previous one's ids up to its last
+    special token, and must equal tokenizing the whole rendering."""
+    import random as rnd
+
+    from agentrt.engine.loader import load_model
+    from agentrt.runtime.conversation import Conversation
+    tok = load_model(model, dense=False).tokenizer
+    rng = rnd.Random(0)
+    pieces = "alpha beta  gamma\n delta épsilon 12 3.5 <tag> `code` \t tab <|im_end|>".split(" ")
+    conv = Conversation.start("system words " * 20)
+    for turn in range(12):
+        conv.add_user(" ".join(rng.choice(pieces) for _ in range(rng.randint(1, 120))))
+        fork = conv.fork()
+        full = tok.encode(tok.apply_chat_template(conv.messages, tokenize=False, add_generation_prompt=True),
+                          add_special_tokens=False)
+        assert conv.prompt_ids(tok) == full == fork.prompt_ids(tok), turn
+        conv.add_assistant(" ".join(rng.choice(pieces) for _ in range(rng.randint(1, 40))) + rng.choice(["", "\n"]))
+    assert conv._head[1], "nothing was reused"

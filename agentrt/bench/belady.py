@@ -95,13 +95,17 @@ def belady(accesses: Sequence[Access | Hashable], capacity_blocks: int,
     resident: dict[Hashable, int] = {}  # key -> index of its next use
     heap: list[tuple[int, int, Hashable]] = []  # (-next use, trace index, key); stale entries skipped
     holds: dict[Hashable, int] = {}
+    parked: dict[Hashable, tuple] = {}   # held blocks' entries, out of the heap until their release
     pending = iter(releases or ())
     release = next(pending, None)
     misses = hits = tokens = evictions = 0
     for i, access in enumerate(trace):
         capacity = capacity_blocks if rooms is None else min(capacity_blocks, rooms[i])
         while release is not None and release[0] <= i:
-            holds[release[1]] = max(holds.get(release[1], 0) - 1, 0)   # (a prefetch's release: no access)
+            k = release[1]
+            holds[k] = max(holds.get(k, 0) - 1, 0)   # (a prefetch's release: no access)
+            if not holds[k] and k in parked:          # evictable again: back into the heap
+                heapq.heappush(heap, parked.pop(k))
             release = next(pending, None)
         key = access.key
         if key in resident:
@@ -109,7 +113,7 @@ def belady(accesses: Sequence[Access | Hashable], capacity_blocks: int,
         else:
             misses += 1
             tokens += access.tokens
-            evictions += _evict_furthest(resident, heap, holds, max(capacity - 1, 0))
+            evictions += _evict_furthest(resident, heap, holds, parked, max(capacity - 1, 0))
         if releases is not None:
             holds[key] = holds.get(key, 0) + 1
         if key in resident or capacity > 0:
@@ -118,21 +122,20 @@ def belady(accesses: Sequence[Access | Hashable], capacity_blocks: int,
     return BeladyResult(misses, hits, tokens, evictions)
 
 
-def _evict_furthest(resident: dict, heap: list, holds: dict, keep: int) -> int:
-    """Evict unheld residents, furthest next use first, until `keep` remain (or only held ones)."""
-    evicted, held = 0, []
+def _evict_furthest(resident: dict, heap: list, holds: dict, parked: dict, keep: int) -> int:
+    """Evict unheld residents, furthest next use first, until `keep` remain (or only held ones).
+    A held block's entry is parked until its release (so it is not popped at every miss)."""
+    evicted = 0
     while len(resident) > keep and heap:
         entry = heapq.heappop(heap)
         victim = entry[2]
         if resident.get(victim) != -entry[0]:
             continue                                  # stale: used again since
         if holds.get(victim, 0) > 0:
-            held.append(entry)
+            parked[victim] = entry
             continue
         del resident[victim]
         evicted += 1
-    for entry in held:
-        heapq.heappush(heap, entry)
     return evicted
 
 

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 from agentrt.bench.belady import belady
 from agentrt.engine.observe import EngineObserver
 from agentrt.runtime.events import quantile
+from agentrt.sched.meter import PolicyMeter
 
 
 class ProgramRecord(NamedTuple):
@@ -58,6 +59,8 @@ class RunRecord:
     accesses: int = 0
     loaded_blocks: int = 0        # brought back from the host tier (when the engine has one)
     timeline: list[tuple] = field(default_factory=list, repr=False)   # for plots: (kind, program, t0, t1, n)
+    compute_s: float = 0.0        # the runner's time over all steps (engine clock: virtual on the simulator)
+    policy_s: float = 0.0         # wall time in the scheduler's own decisions (agentrt.sched.meter)
 
 
 def belady_recomputes(access_log: Sequence[Hashable], capacity_blocks: int,
@@ -104,6 +107,8 @@ def run_figures(run: RunRecord) -> dict[str, Any]:
         "peak_blocks": run.peak_blocks, "peak_tokens": run.peak_blocks * run.block_size,
         "peak_fraction": round(run.peak_blocks / run.tier_blocks, 4) if run.tier_blocks else 0.0,
         "working_set_tokens": run.distinct_blocks * run.block_size, "steps": run.steps,
+        "step_ms": round(1000 * run.compute_s / run.steps, 3) if run.steps else 0.0,
+        "policy_ms_per_step": round(1000 * run.policy_s / run.steps, 4) if run.steps else 0.0,
     }
 
 
@@ -225,6 +230,8 @@ class Probe(AccessRecorder):
         self.scheduler = None
         self.t0 = self.clock.now()
         self.peak_blocks = self.preemptions = 0
+        self.compute_s = 0.0
+        self.meter = PolicyMeter()
         self.timeline: list[tuple] = []
         self._llm: dict[str, float] = {}
         self._tool: dict[tuple, deque] = defaultdict(deque)
@@ -251,6 +258,9 @@ class Probe(AccessRecorder):
     def on_step(self, batch, in_use: int) -> None:
         self.preemptions += batch.num_preempted
         self.peak_blocks = max(self.peak_blocks, in_use)
+
+    def on_computed(self, batch, seconds: float) -> None:
+        self.compute_s += seconds
 
     def on_evict(self, block) -> None:
         t = self.now()

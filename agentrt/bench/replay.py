@@ -140,7 +140,7 @@ def replay_workload(trace: Trace, block_size: int) -> Workload:
             raise ValueError("a trace replay has no durable programs: drop +ckpt from --policies")
         aengine = AsyncLLMEngine(engine, inline=isinstance(engine.clock, VirtualClock))
         engine.stream_text = False
-        door = WorkflowScheduler(policy, kv=aengine.kv_spec, clock=aengine.clock, **options,
+        door = WorkflowScheduler(policy, kv=aengine.kv_spec, clock=aengine.clock, **options, meter=probe.meter,
                                  prefetch=lambda ids: aengine.prefetch(ids, evict=True))
         aengine.install_policy(door.engine_policy)
         probe.watch(door)

@@ -20,6 +20,8 @@ Method:
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import importlib.util
 import random
 import statistics
@@ -39,6 +41,7 @@ from agentrt.engine.loader import LoadedModel, load_model
 from agentrt.engine.model import kv_bytes_per_token
 from agentrt.engine.sim import StepProfile, load_profile, sim_runner
 from agentrt.runtime import Runtime
+from agentrt.sched.front import WorkflowScheduler
 from agentrt.sched.policies import POLICIES, PROGRAM_ORDERED
 
 WORKLOADS = ("research_team", "coding_agent", "swe_agent")
@@ -122,11 +125,17 @@ class Harness:
         # for the policies that schedule programs (continuum, agentrt): "program" (FCFS) or "las",
         # and a cap on the programs they run at once (None: none)
         self.program_order, self.max_programs = program_order, max_programs
-        self.loaded: LoadedModel = load_model(model, seed=seed) if model == "tiny-random-llama" else load_model(model)
+        # the simulator needs the tokenizer and config only, never the weights
+        self.loaded: LoadedModel = load_model(model, seed=seed) if model == "tiny-random-llama" else \
+            load_model(model, dense=profile is None)
+        # --sim: a step-time profile instead of the model, on virtual time (agentrt.engine.sim)
+        self.profile: StepProfile | None = load_profile(profile) if profile else None
+        if self.profile is not None and self.profile.max_model_len:   # the simulated model's context
+            config = copy.copy(self.loaded.config)
+            config.max_position_embeddings = self.profile.max_model_len
+            self.loaded = dataclasses.replace(self.loaded, config=config)
         self.vocab_size = self.loaded.config.vocab_size
         self.max_positions = self.loaded.config.max_position_embeddings
-        # --backend sim: a step-time profile instead of the model, on virtual time (agentrt.engine.sim)
-        self.profile: StepProfile | None = load_profile(profile) if profile else None
 
     def kv_bytes_per_token(self) -> int:
         """Device bytes one token's K and V take over all layers, at the engine's dtype."""
@@ -167,7 +176,8 @@ class Harness:
         return RunRecord(policy, run, wall, sorted(records, key=lambda r: r.arrival_s), stats["block_size"],
                          stats["num_blocks"], stats["recomputed_blocks"], stats["evicted_blocks"],
                          probe.preemptions, probe.peak_blocks, stats["steps"], belady_blocks, distinct,
-                         len(probe.access_log), stats["loaded_blocks"], probe.finish())
+                         len(probe.access_log), stats["loaded_blocks"], probe.finish(), probe.compute_s,
+                         probe.meter.total_s)
 
 
 @dataclass
@@ -327,7 +337,11 @@ def program_driver(compiled, inputs: list[dict], arrivals: list[float], *, befor
             before()
         aengine = AsyncLLMEngine(engine, inline=isinstance(engine.clock, VirtualClock))
         engine.stream_text = False          # text is only needed at the end of a turn
-        rt = Runtime(aengine, policy=policy, **(options or {}))
+        opts = dict(options or {})
+        door = WorkflowScheduler(policy, kv=engine.kv_spec, prefetch=lambda ids: aengine.prefetch(ids, evict=True),
+                                 clock=engine.clock, order=opts.pop("order", None),
+                                 max_programs=opts.pop("max_programs", None), meter=probe.meter)
+        rt = Runtime(aengine, scheduler=door, **opts)
         probe.attach(rt)
         try:
             probe.start()

@@ -57,6 +57,8 @@ OrderOpt = Annotated[ProgramOrder, typer.Option("--program-order", help="how con
 ProgramsCapOpt = Annotated[int | None, typer.Option("--max-programs", min=1, help="continuum and agentrt run at "
                                                     "most this many programs at once (program-level admission)")]
 ThreadsOpt = Annotated[int, typer.Option(min=1, help="torch CPU threads")]
+BlockOpt = Annotated[int, typer.Option(min=1, help="tokens per KV block (larger blocks make paper-scale "
+                                                   "simulations cheaper to run and to bound with Bélády)")]
 PlotOpt = Annotated[Path | None, typer.Option(help="draw a timeline per policy and a JCT bar chart to this PNG")]
 SaveOpt = Annotated[Path | None, typer.Option(help="also write the JSON object to this file")]
 WarmupOpt = Annotated[bool, typer.Option(help="an uncounted warm-up run first (for workflows it also "
@@ -99,6 +101,7 @@ def bench_workflows(
     max_programs: ProgramsCapOpt = None,
     warmup: WarmupOpt = True,
     sim: ProfileOpt = None,
+    block_size: BlockOpt = 16,
     as_json: JsonOpt = False,
     plot: PlotOpt = None,
     save: SaveOpt = None,
@@ -116,7 +119,7 @@ def bench_workflows(
                                      rounds=rounds, speedup=speedup)
         harness, kv_device_tokens = _load_harness(model, dtype, threads, kv_host_tokens, max_num_seqs, program_order,
                                                   max_programs, kv_device_tokens, kv_device_bytes, seed=seed,
-                                                  profile=sim)
+                                                  profile=sim, block_size=block_size)
     settings = {"workload": workload.value, "programs": programs, "rate": rate, "output_tokens": output_tokens,
                 "rounds": rounds, "speedup": speedup, "seed": seed}
     if workload is WorkloadName.swe_agent:
@@ -187,19 +190,22 @@ def parse_range(text: str, option: str) -> tuple[int, int]:
 
 def _load_harness(model: str, dtype: str, threads: int, host_tokens: int, max_num_seqs: int, order: ProgramOrder,
                   max_programs: int | None, device_tokens: int | None, device_bytes: str | None, *, seed: int = 0,
-                  profile: str | None = None):
+                  profile: str | None = None, block_size: int = 16):
     """The weights and engine settings every policy shares, and the device tier in tokens."""
     from agentrt.bench.workflow_bench import Harness
     with err.status(f"loading {model} ..."):
-        harness = Harness(model, dtype=dtype, threads=threads, seed=seed, host_tokens=host_tokens,
+        harness = Harness(model, dtype=dtype, threads=threads, seed=seed, host_tokens=host_tokens, block_size=block_size,
                           max_num_seqs=max_num_seqs, program_order=_ORDER[order], max_programs=max_programs,
                           profile=profile)
     return harness, _device_tokens(harness, device_tokens, device_bytes)
 
 
 def _device_tokens(harness, tokens: int | None, size: str | None) -> int | None:
-    """The device tier in tokens, from --kv-device-tokens or --kv-device-bytes (not both)."""
+    """The device tier in tokens, from --kv-device-tokens or --kv-device-bytes (not both); on the
+    simulator, by default the profile's accelerator capacity."""
     if size is None:
+        if tokens is None and harness.profile is not None:
+            return harness.profile.kv_capacity_tokens
         return tokens
     if tokens is not None:
         raise ValueError("give the device tier once: --kv-device-tokens or --kv-device-bytes, not both")
@@ -286,13 +292,17 @@ def render_table(report: dict[str, Any]) -> Table:
     m = report["machine"]
     lines.append(f"[dim]machine: {m.get('cpu_capability', '?')} CPU ({m.get('processor', '?')}), "
                  f"{m.get('threads')} threads, torch {m.get('torch_version')}[/]")
+    lines.append("[dim]step ms: the runner's time per engine step (virtual on the simulator); policy ms/step: wall "
+                 "time in the scheduler's decisions (eviction ranking, swap filter, program table, pins, "
+                 "prefetch, admission) per step[/]")
     lines.append("[dim]vs lru: lru's mean JCT / the policy's (> 1× is faster); × Bélády: recomputed blocks / "
                  "Bélády MIN's on the policy's own access log (= when both recompute none, ∞ when only the "
                  "policy does)[/]")
     table = Table(title=title, caption="\n".join(lines), title_style="bold", caption_justify="left")
     host = bool(s.get("kv_host_tokens"))
     for name in ("policy", "mean JCT s", "p50 s", "p95 s", "prog/s", "out tok/s", "recomputed tok", "hit rate",
-                 "× Bélády", "peak blocks", *(["host loads"] if host else []), "vs lru"):
+                 "× Bélády", "peak blocks", *(["host loads"] if host else []), "step ms", "policy ms/step",
+                 "vs lru"):
         table.add_column(name, justify="left" if name == "policy" else "right")
     for p, entry in report["policies"].items():
         m = entry["median"]
@@ -303,6 +313,7 @@ def render_table(report: dict[str, Any]) -> Table:
                       f"{m['prefix_hit_rate']:.1%}", _belady_cell(m),
                       f"{m['peak_blocks']} ({m['peak_fraction']:.0%})",
                       *([f"{m['host_loaded_blocks']:,} blk"] if host else []),
+                      f"{m['step_ms']:.1f}", f"{m['policy_ms_per_step']:.3f}",
                       "—" if ratio is None else f"[{'green' if ratio >= 1 else 'red'}]{ratio:.2f}×[/]")
     return table
 

@@ -16,6 +16,7 @@ Calls come from the engine thread, in the order things happen:
 | `on_swap_out(block, stored)`  | an evicted leaf was copied to the host tier (stored) or dropped|
 | `on_load(n, prefetched)`      | n blocks came back from the host tier, on demand or ahead      |
 | `on_step(batch, in_use)`      | a step was scheduled; `in_use`: device blocks held after it    |
+| `on_computed(batch, seconds)` | the runner computed that batch in `seconds` (engine clock)     |
 """
 from __future__ import annotations
 
@@ -43,4 +44,7 @@ class EngineObserver:
         pass
 
     def on_step(self, batch: Any, in_use: int) -> None:
+        pass
+
+    def on_computed(self, batch: Any, seconds: float) -> None:
         pass

@@ -18,7 +18,8 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from agentrt.engine.block_pool import BlockPool, chain_hash
+from agentrt.engine.block_pool import BlockPool
+from agentrt.engine.prefix_hashes import BlockTokens, PrefixHashes
 from agentrt.engine.request import Request, RequestStatus
 
 
@@ -60,6 +61,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.service: dict[str, int] = {}        # program -> tokens computed for it (least attained service)
+        self.hashes = PrefixHashes(pool.block_size)   # block hash chains, reused turn to turn
         self._order_key = self._order_keys().get(config.order)
 
     def _order_keys(self):
@@ -77,8 +79,9 @@ class Scheduler:
         return served, program_arrival(req)
 
     def end_program(self, program_id: str) -> None:
-        """Forget a program's attained service (it has ended)."""
+        """Forget a program's attained service and hash chains (it has ended)."""
         self.service.pop(program_id, None)
+        self.hashes.forget_program(program_id)
 
     def add(self, req: Request) -> None:
         """Queue a request: at the tail, or (program order) behind every request of an older or
@@ -171,7 +174,7 @@ class Scheduler:
         if self.config.enable_prefix_caching:
             self._extend_hashes(req)
             max_blocks = (req.num_tokens - 1) // bs          # leave at least one token to compute
-            toks = [tuple(req.tokens(j * bs, (j + 1) * bs)) for j in range(max_blocks)]
+            toks = BlockTokens(req, bs, max_blocks)
             root = req.cache_root
             hits = self.pool.match_prefix(req.block_hashes[:max_blocks], toks, root)
             self.pool.touch(hits)
@@ -205,10 +208,7 @@ class Scheduler:
         return j < len(req.block_hashes) and req.block_hashes[j] in inflight
 
     def _extend_hashes(self, req: Request) -> None:
-        bs = self.pool.block_size
-        hashes = req.block_hashes
-        for j in range(len(hashes), req.num_tokens // bs):
-            hashes.append(chain_hash(hashes[-1] if hashes else req.cache_root, tuple(req.tokens(j * bs, (j + 1) * bs))))
+        self.hashes.extend(req, reader_of(req))
 
     def _allocate(self, req: Request, n: int) -> bool:
         bs = self.pool.block_size
@@ -259,6 +259,8 @@ class Scheduler:
     def finish(self, req: Request, reason: str) -> None:
         req.status = RequestStatus.FINISHED
         req.finish_reason = reason
+        if self.config.enable_prefix_caching:
+            self.hashes.remember(req, reader_of(req))
         if req in self.running:
             self.running.remove(req)
         else:

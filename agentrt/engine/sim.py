@@ -33,8 +33,10 @@ class StepProfile:
     decode_seq_s: float                # c: per decode sequence
     context_token_s: float = 0.0       # d: per context token attention reads (prefill and decode)
     host_bytes_per_s: float = 10e9     # host <-> device copies
-    block_bytes: int = 0               # one KV block over all layers (0: the engine's model decides)
+    block_bytes: int = 0               # one KV block over all layers (0: from kv_bytes_per_token)
+    kv_bytes_per_token: int = 0        # the simulated model's KV per token (0: the loaded model's)
     kv_capacity_tokens: int | None = None   # device tier (None: the engine config's)
+    max_model_len: int | None = None   # the simulated model's context (None: the loaded model's)
     fit: dict[str, Any] | None = None  # calibration details: points, residuals
 
     def step_seconds(self, prefill_tokens: int, decode_seqs: int, context_tokens: int) -> float:
@@ -83,7 +85,7 @@ class SimRunner:
     def __init__(self, layout: RunnerLayout, profile: StepProfile, clock: VirtualClock, *, token: int,
                  block_bytes: int):
         self.layout, self.profile, self.clock, self.token = layout, profile, clock, token
-        self.block_bytes = profile.block_bytes or block_bytes
+        self.block_bytes = profile.block_bytes or profile.kv_bytes_per_token * layout.block_size or block_bytes
         self.steps = 0
         self.busy_s = 0.0                  # virtual seconds spent computing
 

@@ -18,6 +18,7 @@ class GraphAnalysis:
     def __init__(self, workflow):
         self.wf = workflow
         self.graph = workflow.graph
+        self._expect = _Expectation(workflow, None, memo=1 << 16)   # shared by every program (no state read)
 
     # ------------------------------------------------------------------ positions
     @property
@@ -93,7 +94,9 @@ class GraphAnalysis:
         likely unless the branch gives weights, loops run at most their remaining bound, a
         fan-out runs once per item (or `expected_items` before the list is known)."""
         counts = tuple(sorted((loop_counts or {}).items()))
-        expect = _Expectation(self.wf, state)
+        # the expectation reads the state only for fan-out sizes; without one it is the same for
+        # every program at the same place, so it is remembered across calls
+        expect = self._expect if state is None else _Expectation(self.wf, state)
         total, joins = 0.0, set()
         for node in frontier:
             fan = self.wf.fan_out_of(node)
@@ -108,9 +111,9 @@ class GraphAnalysis:
 class _Expectation:
     """E[turns from `node` until `stop`], memoised per (node, stop, loop counts)."""
 
-    def __init__(self, wf, state: BaseModel | None):
+    def __init__(self, wf, state: BaseModel | None, memo: int | None = None):
         self.wf, self.state = wf, state
-        self._memo = lru_cache(maxsize=None)(self._expect)
+        self._memo = lru_cache(maxsize=memo)(self._expect)
 
     def __call__(self, node: str, stop: str, counts: tuple) -> float:
         return self._memo(node, stop, counts)

@@ -15,6 +15,7 @@ from agentrt.clock import MONOTONIC, Clock
 from agentrt.engine.policy import EnginePolicy, KVSpec
 from agentrt.sched.admission import AdmissionGate
 from agentrt.sched.events import ProgramEvent
+from agentrt.sched.meter import MeteredConsumer, MeteredEviction, PolicyMeter, metered_filter
 from agentrt.sched.policies import PREFETCHING, PROGRAM_ORDERED, block_costs, make_policy, worth_swapping
 from agentrt.sched.predictor import ToolPausePredictor
 from agentrt.sched.prefetch import NextAgentPrefetcher, Prefetch
@@ -25,15 +26,20 @@ class WorkflowScheduler:
     """`policy`: lru, continuum, kvflow or agentrt (see agentrt.sched.policies). `order` overrides
     the policy's queue order (request, program, las). `admission` starts a program only when the
     device tier can hold it beside the running ones; `max_programs` (implies admission) also caps
-    how many run at once. `prefetch` is the engine's host-tier prefetch (None: no prefetch)."""
+    how many run at once. `prefetch` is the engine's host-tier prefetch (None: no prefetch).
+    `meter` times every part's decisions (benchmarks print policy time per step)."""
 
     def __init__(self, policy: str = "agentrt", *, kv: KVSpec, prefetch: Prefetch | None = None,
                  clock: Clock = MONOTONIC, order: str | None = None, admission: bool = False,
-                 max_programs: int | None = None, predictor: ToolPausePredictor | None = None):
+                 max_programs: int | None = None, predictor: ToolPausePredictor | None = None,
+                 meter: PolicyMeter | None = None):
         self.name, self.clock = policy, clock
         self.table = ProgramTable(predictor, clock)
         eviction, consumers = make_policy(policy, self.table)
         swap = worth_swapping(self.table, **block_costs(kv.block_bytes, kv.block_size)) if policy == "agentrt" else None
+        if meter is not None:
+            eviction = MeteredEviction(eviction, meter)
+            swap = metered_filter(swap, meter) if swap is not None else None
         self.engine_policy = EnginePolicy(eviction, swap,
                                           order or ("program" if policy in PROGRAM_ORDERED else "request"))
         self.prefetcher = None
@@ -45,6 +51,8 @@ class WorkflowScheduler:
             self.admission = AdmissionGate(kv.capacity_tokens, max_programs=max_programs)
             consumers.append(self.admission)
         self._consumers = (self.table, *consumers)
+        if meter is not None:
+            self._consumers = tuple(MeteredConsumer(c, meter) for c in self._consumers)
 
     def publish(self, event: ProgramEvent) -> None:
         """Hand an event to the table and every policy part, in that order. They are part of the

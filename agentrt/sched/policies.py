@@ -13,18 +13,17 @@
 
 Blocks remember their (program, agent) readers; a shared prefix is ranked by its most urgent
 reader. Only leaves are offered, so eviction is leaf-first. Ties go to the least recently used.
+Ranks are computed per set of readers, not per block (agentrt.sched.ranking).
 """
 from __future__ import annotations
 
-import heapq
 import math
-from collections.abc import Iterator
 
-from agentrt.clock import MONOTONIC, Clock
 from agentrt.engine.block_pool import Block
 from agentrt.engine.eviction import EvictionPolicy, LRUPolicy
 from agentrt.sched.events import ToolStarted
 from agentrt.sched.program_table import INF, ProgramTable
+from agentrt.sched.ranking import RankedPolicy
 
 POLICIES = ("lru", "continuum", "continuum-ttl", "kvflow", "agentrt")
 PREFILL_SECONDS_PER_TOKEN = 1 / 600      # smollm2-135M, fp32, 2 CPU threads (`agentrt bench engine`, prefill)
@@ -33,80 +32,13 @@ PROGRAM_ORDERED = ("continuum", "continuum-ttl", "agentrt")        # admit by pr
 PREFETCHING = ("kvflow", "agentrt")               # bring the next agents' prefixes back ahead of need
 
 
-class RankedPolicy(EvictionPolicy):
-    """Evictable leaves in a dict; `pop` takes the one with the smallest `rank`. Ranks move as
-    programs advance, so they are computed at eviction time: once for every leaf into a heap that
-    serves the evictions of the next `REFRESH_SECONDS` (one `allocate(k)` of a step) as long as
-    the program table has not changed, with leaves added meanwhile ranked as they come. Equal
-    ranks go exactly as under `LRUPolicy`: least recently used, then first to become evictable."""
-
-    REFRESH_SECONDS = 0.005
-
-    def __init__(self, table: ProgramTable, clock: Clock = MONOTONIC):
-        self.table, self.clock = table, clock
-        self._leaves: dict[int, tuple[int, Block]] = {}   # block id -> (when it became a leaf, block)
-        self._heap: list[tuple] = []                # (rank, last access, added, block)
-        self._added = 0
-        self._built_at = self._valid_until = -math.inf
-        self._built_version = -1
-        self._memo: dict = {}
-
-    def add(self, block: Block) -> None:
-        self._added += 1
-        self._leaves[block.block_id] = (self._added, block)
-        if self._fresh(self.clock.now()):
-            heapq.heappush(self._heap, self._entry(block, self._built_at))
-
-    def remove(self, block: Block) -> None:
-        del self._leaves[block.block_id]          # its heap entry goes stale, skipped by pop
-
-    def blocks(self) -> Iterator[Block]:
-        return iter([block for _, block in self._leaves.values()])
-
-    def __len__(self) -> int:
-        return len(self._leaves)
-
-    def _fresh(self, now: float) -> bool:
-        """The heap's ranks still hold: built moments ago, no program has moved since, and no
-        rank has expired (a pin's TTL)."""
-        return now < self._valid_until and self._built_version == self.table.version
-
-    def expiry(self, now: float) -> float:
-        """When ranks computed at `now` stop holding by themselves (beyond the refresh window)."""
-        return math.inf
-
-    def _entry(self, block: Block, now: float) -> tuple:
-        return (self.rank(block, now, self._memo), block.last_access, self._leaves[block.block_id][0], block)
-
-    def pop(self) -> Block:
-        if not self._leaves:
-            raise IndexError("no evictable block")
-        now = self.clock.now()
-        if not self._fresh(now):
-            self._built_at, self._built_version, self._memo = now, self.table.version, {}
-            self._valid_until = min(now + self.REFRESH_SECONDS, self.expiry(now))
-            self._heap = [self._entry(b, now) for _, b in self._leaves.values()]
-            heapq.heapify(self._heap)
-        while self._heap:
-            _, access, added, block = heapq.heappop(self._heap)
-            if self._leaves.get(block.block_id, (None,))[0] == added and block.last_access == access:
-                del self._leaves[block.block_id]
-                return block
-        self._valid_until = -math.inf              # every entry was stale: rank afresh
-        return self.pop()
-
-    def rank(self, block: Block, now: float, memo: dict):
-        """Smaller is evicted first (a float, or a tuple of floats)."""
-        raise NotImplementedError
-
-
 class ContinuumPolicy(RankedPolicy):
     """LRU among unpinned leaves; a pinned leaf goes only when nothing else is left. Pins come
     from `TTLPinner` (Continuum's rule) and end at their TTL, when the program's next turn
     starts, or when it ends."""
 
-    def rank(self, block: Block, now: float, memo: dict) -> float:
-        return 1.0 if any(self._pinned(pid, now, memo) for pid, _ in block.readers) else 0.0
+    def rank(self, readers: tuple, now: float, memo: dict) -> float:
+        return 1.0 if any(self._pinned(pid, now, memo) for pid, _ in readers) else 0.0
 
     def expiry(self, now: float) -> float:
         pins = [e.pin_until for e in list(self.table.entries.values()) if e.pin_until and e.pin_until > now]
@@ -123,9 +55,9 @@ class KVFlowPolicy(RankedPolicy):
     """Steps-to-execution: the leaf whose most urgent reader is farthest from its next turn goes
     first (finished programs' blocks before all others)."""
 
-    def rank(self, block: Block, now: float, memo: dict) -> float:
+    def rank(self, readers: tuple, now: float, memo: dict) -> float:
         best = INF
-        for reader in block.readers:
+        for reader in readers:
             if reader not in memo:
                 memo[reader] = self.table.distance(*reader)
             best = min(best, memo[reader])
@@ -138,9 +70,9 @@ class AgentrtPolicy(RankedPolicy):
     estimates (programs in step with each other) go by program arrival, newest first: under
     program order the engine serves the newest program last, so its blocks are needed last."""
 
-    def rank(self, block: Block, now: float, memo: dict) -> tuple[float, float]:
+    def rank(self, readers: tuple, now: float, memo: dict) -> tuple[float, float]:
         best, arrival = INF, -INF
-        for reader in block.readers:
+        for reader in readers:
             if reader not in memo:
                 entry = self.table.entries.get(reader[0])
                 memo[reader] = (self.table.eta(*reader, now), entry.arrival if entry is not None else INF)
