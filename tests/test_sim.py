@@ -88,3 +88,17 @@ def test_bench_workflows_on_the_simulated_backend_runs_in_virtual_time_and_repea
     pauses = min(min(js) for js in ja.values())
     assert pauses > 0.05 and wall < 60                           # virtual seconds of tool pauses, no wall wait
     assert a.runs["agentrt"][0].steps > 0
+
+
+def test_calibration_measures_every_case_on_the_real_engine(tiny_loaded, tmp_path):
+    from agentrt.bench.calibrate import DECODE_CASES, calibrate
+    lines = []
+    profile = calibrate(tiny_loaded, threads=1, dtype="float32", name="cpu-test", machine="test", block_bytes=4096,
+                        log=lines.append)
+    assert len(lines) == len(DECODE_CASES) + 4 + 6                  # every case ran or was skipped, and said so
+    assert sum("skipped" in line for line in lines) == 8             # past tiny-random-llama's 2048 positions
+    assert profile.base_s > 0 and min(profile.base_s, profile.prefill_token_s, profile.decode_seq_s,
+                                      profile.context_token_s) >= 0
+    assert len(profile.fit["points"]) > 3 * len(DECODE_CASES)
+    saved = load_profile(profile.save(tmp_path / "cpu-test.json"))
+    assert saved == profile and "test" in saved.source

@@ -23,9 +23,9 @@ from agentrt.engine.params import SamplingParams
 from agentrt.engine.sim import StepProfile, batch_shape
 
 TERMS = ("base_s", "prefill_token_s", "decode_seq_s", "context_token_s")
-DECODE_BATCHES = (1, 4, 16, 32)
-DECODE_CONTEXTS = (128, 768)
+DECODE_CASES = [(b, c) for b in (1, 4, 16, 32) for c in (128, 768)] + [(1, 3072), (4, 3072), (16, 3072)]
 PREFILL_CHUNKS = (64, 256, 1024, 2048)
+CONTEXTS_BEFORE = (1024, 3072)          # prefill chunks after this much cached context
 
 
 class _Shapes(EngineObserver):
@@ -45,16 +45,21 @@ def measure(loaded: LoadedModel, *, threads: int, dtype: str = "auto", log: Call
     """(shape, seconds) of every measured step."""
     points: list[tuple[tuple[int, int, int], float]] = []
     vocab = loaded.config.vocab_size
-    cases = [("decode", b, c) for b in DECODE_BATCHES for c in DECODE_CONTEXTS] + \
-            [("prefill", 1, n) for n in PREFILL_CHUNKS] + [("prefill-after-context", 1, n) for n in PREFILL_CHUNKS[:3]]
-    for kind, batch, size in cases:
-        engine = LLMEngine(loaded, EngineConfig(dtype=dtype, num_threads=threads, kv_cache_tokens=65536,
+    cases = [("decode", b, c, 0) for b, c in DECODE_CASES] + [("prefill", 1, n, 0) for n in PREFILL_CHUNKS] + \
+            [("prefill-after-context", 1, n, ctx) for ctx in CONTEXTS_BEFORE for n in PREFILL_CHUNKS[:3]]
+    longest = loaded.config.max_position_embeddings - 64
+    for kind, batch, size, before in cases:
+        if size + before > longest:
+            log(f"  {kind:<22} batch {batch:>3} size {size:>5}: skipped (the model holds {longest + 64} positions)")
+            continue
+        kv_tokens = max(8192, 2 * batch * (size + before + 64))
+        engine = LLMEngine(loaded, EngineConfig(dtype=dtype, num_threads=threads, kv_cache_tokens=kv_tokens,
                                                 max_num_batched_tokens=max(2048, size), enable_prefix_caching=True))
         shapes = _Shapes()
         engine.add_observer(shapes)
         if kind == "prefill-after-context":                 # a cached prefix, then a chunk that reads it
-            engine.generate([_prompt(0, 1024, vocab)], SamplingParams(max_tokens=1, ignore_eos=True))
-            prompts = [_prompt(0, 1024, vocab) + _prompt(1, size, vocab)]
+            engine.generate([_prompt(0, before, vocab)], SamplingParams(max_tokens=1, ignore_eos=True))
+            prompts = [_prompt(0, before, vocab) + _prompt(1, size, vocab)]
         else:
             prompts = [_prompt(i, size if kind != "decode" else size, vocab) for i in range(batch)]
         new = 24 if kind == "decode" else 1
@@ -69,7 +74,7 @@ def measure(loaded: LoadedModel, *, threads: int, dtype: str = "auto", log: Call
         if kind == "decode":
             keep = [pt for pt in keep if pt[0][0] == 0]
         points += keep
-        log(f"  {kind:<22} batch {batch:>3} size {size:>5}: {len(keep)} steps, median "
+        log(f"  {kind:<22} batch {batch:>3} size {size:>5}{f' after {before}' if before else '':>11}: {len(keep)} steps, median "
             f"{1000 * statistics.median(s for _, s in keep):.1f} ms")
     return points
 
