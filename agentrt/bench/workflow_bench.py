@@ -218,6 +218,8 @@ def run_bench(harness: Harness, workload: Workload, policies: list[str], runs: i
         if not workload.known_working_set_tokens:
             working_set, longest = rec.distinct_blocks * rec.block_size, longest_request(rec)
         failed = [p for p in rec.programs if p.status != "done"]
+        if failed and len(failed) == len(rec.programs):
+            raise ValueError(f"every program failed in the warm-up, e.g. {failed[0].program_id}: {failed[0].error}")
         if failed:
             notes.append(f"warm-up: {len(failed)} program(s) failed, e.g. {failed[0].program_id}: {failed[0].error}")
         log(f"warm-up: {time.perf_counter() - t0:.1f} s; working set {working_set} tokens, "
