@@ -126,6 +126,16 @@ def test_bench_engine_table(runner):
     assert "warm-up" in result.stderr                  # progress goes to stderr
 
 
+def test_bench_engine_without_transformers(runner):
+    result = run(runner, "bench", "engine", *TINY, "--cases", "decode1", "--runs", "1", "--json", "--no-transformers")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert "transformers" not in data["peers"] and data["settings"]["transformers_dtypes"] == []
+    case = data["cases"]["decode1"]
+    assert case["results"]["agentrt"]["median"] > 0 and "transformers" not in case["results"]
+    assert [t["met"] for t in case["targets"] if t["peer"] == "transformers"] == [None]
+
+
 class FakePeer:
     """A peer on a fake clock: prefill costs `prefill_s` per call, each further token `token_s`."""
     name = "fake"

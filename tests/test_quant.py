@@ -9,8 +9,8 @@ import torch
 from agentrt.engine import EngineConfig, LLMEngine, SamplingParams
 from agentrt.engine.gguf_weights import Q4, build_q4_model, dequantize_all, read_gguf, unpermute_rows
 from agentrt.engine.loader import LoadedModel
-from agentrt.engine.quant import (Int4Linear, Int8Linear, dequant_q4_1, dequant_q8_0, q4_supported,
-                                  requantize_rows, unpack_q4_1, unpack_q8_0)
+from agentrt.engine.quant import (DENSE_FROM_ROWS, Int4Linear, Int8Linear, dequant_q4_1, dequant_q8_0, pack_nibbles,
+                                  q4_supported, requantize_rows, unpack_q4_1, unpack_q8_0)
 
 gguf = pytest.importorskip("gguf")
 pytestmark = pytest.mark.skipif(not q4_supported(), reason="torch has no CPU int4 kernels")
@@ -46,6 +46,30 @@ def test_int4_linear_computes_the_q4_1_weight(dtype, atol):
     want = x @ dequant_q4_1(q, d, m).t()
     got = Int4Linear(q, d, m, dtype)(x.to(dtype)).float()
     assert (got - want).abs().max().item() < atol * want.abs().max().item()
+
+
+def test_pack_nibbles_keeps_every_weight():
+    q = torch.randint(0, 16, (6, 64), dtype=torch.uint8)
+    nib = pack_nibbles(q)
+    assert nib.shape == (6, 2, 16) and nib.dtype == torch.uint8
+    assert torch.equal(torch.cat([nib & 0x0F, nib >> 4], dim=-1).view(6, 64), q)
+
+
+def test_int4_linear_long_inputs_take_the_dense_path_with_the_kernels_weight():
+    """A prefill-sized call dequantizes once and runs an sgemm; its weight is the kernel's (same
+    scale and zero, rounded to the activation dtype), so both paths agree to the output's rounding."""
+    w = np.random.default_rng(3).normal(size=(96, 64)).astype(np.float32)
+    q, d, m = unpack_q4_1(gguf.quants.quantize(w, Q4_1))
+    layer = Int4Linear(q, d, m, torch.bfloat16)
+    x = torch.randn(DENSE_FROM_ROWS, 64).to(torch.bfloat16)
+    kernel = torch.ops.aten._weight_int4pack_mm_for_cpu(x, layer.packed, 32, layer.scale_zeros)
+    assert (layer(x).float() - kernel.float()).abs().max() <= 0.01 * kernel.float().abs().max()
+    exact = dequant_q4_1(q, d, m)
+    assert (layer.dense_weight() - exact).abs().max() < 0.01 * exact.abs().max()
+    layer.packed.zero_()                                     # the kernel's copy gone: only the dense path still works
+    assert (layer(x).float() - kernel.float()).abs().max() <= 0.01 * kernel.float().abs().max()
+    short = layer(x[:DENSE_FROM_ROWS - 1]).float()
+    assert (short - kernel[:DENSE_FROM_ROWS - 1].float()).abs().max() > 0.1 * kernel.float().abs().max()
 
 
 def test_int8_head_is_close_to_the_q8_0_weight():

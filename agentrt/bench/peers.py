@@ -149,15 +149,15 @@ def _transformers_model(model: str, dtype: torch.dtype):
     return AutoModelForCausalLM.from_pretrained(model, dtype=dtype).eval()
 
 
-def build_peers(model: str, dtype: str, threads: int, tf_dtypes: list[str] | None = None, weights: str = "auto"
-                ) -> tuple[list[Peer], list[Absent]]:
+def build_peers(model: str, dtype: str, threads: int, tf_dtypes: list[str] | None = None, weights: str = "auto",
+                transformers: bool = True) -> tuple[list[Peer], list[Absent]]:
     """agentrt first (it converts and caches the weights the others read), then the peers.
-    transformers runs at each of `tf_dtypes` (default: agentrt's dtype); with several, the peers
-    are named transformers-<dtype> and targets take the best of them."""
+    transformers runs at each of `tf_dtypes` (default: agentrt's dtype), unless `transformers` is
+    False; with several, the peers are named transformers-<dtype> and targets take the best of them."""
     torch.set_num_threads(threads)
     peers: list[Peer] = [AgentrtPeer(model, dtype, threads, weights)]
     absent: list[Absent] = []
-    tf_dtypes = tf_dtypes or [dtype]
+    tf_dtypes = (tf_dtypes or [dtype]) if transformers else []
     for tf_dtype in tf_dtypes:
         name = "transformers" if len(tf_dtypes) == 1 else f"transformers-{tf_dtype}"
         try:

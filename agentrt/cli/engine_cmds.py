@@ -119,6 +119,8 @@ def bench_engine(
     weights: Annotated[str, typer.Option(help="agentrt's weights: auto (its default here: q4 on CPU for a GGUF "
                                               "model), q4, bf16 or fp32 (then --dtype is ignored for agentrt)")] = "auto",
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch and llama.cpp")] = 2,
+    transformers: Annotated[bool, typer.Option(help="run the transformers peer (--no-transformers: agentrt and "
+                                                    "llama.cpp only)")] = True,
     budget_s: Annotated[float, typer.Option(min=0, help="per case and peer: after the first measured run, "
                                                         "start none predicted to end past this many seconds")] = 20.0,
     save: Annotated[Path | None, typer.Option(help="also write the JSON object to this file")] = None,
@@ -134,7 +136,8 @@ def bench_engine(
         if weights not in ("auto", "q4", "bf16", "fp32"):
             raise ValueError(f"--weights {weights!r}: choose auto, q4, bf16 or fp32")
         with err.status(f"loading {model} into agentrt, transformers and llama.cpp ..."):
-            peers, absent = build_peers(model, dtype.value, threads, tf_dtypes, bench_weights(model, weights, dtype.value))
+            peers, absent = build_peers(model, dtype.value, threads, tf_dtypes, bench_weights(model, weights, dtype.value),
+                                         transformers)
     for a in absent:
         err.print(f"[yellow]{a.name}: absent[/] ({a.reason})")
     results = run_bench(peers, selected, runs, budget_s, lambda m: err.print(m, markup=False, soft_wrap=True))
@@ -143,7 +146,7 @@ def bench_engine(
     settings = {"runs": runs, "budget_s": budget_s, "dtype": dtype.value, "threads": threads,
                 "weights": ours.weights, "activations": str(ours.engine.dtype).removeprefix("torch."),
                 "cpu_capability": cpu_capability(),
-                "transformers_dtypes": tf_dtypes or [dtype.value],
+                "transformers_dtypes": (tf_dtypes or [dtype.value]) if transformers else [],
                 "cases": [c.name for c in selected], "method": METHOD}
     report = to_json(model, results, peers, absent, settings)
     if save:
@@ -152,8 +155,9 @@ def bench_engine(
         return emit_json(report)
     out.print(f"CPU capability: {cpu_capability()} · torch {torch_version()} · agentrt weights {settings['weights']} "
               f"(activations {settings['activations']})")
+    tf = f"transformers {'/'.join(settings['transformers_dtypes'])}" if transformers else "no transformers"
     out.print(render_table(results, peers, absent, runs, f"agentrt bench engine · {model} · agentrt {settings['weights']} · "
-                                                         f"transformers {'/'.join(settings['transformers_dtypes'])} · {threads} threads"))
+                                                         f"{tf} · {threads} threads"))
 
 
 def bench_weights(model: str, weights: str, dtype: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 GROUP = 32
@@ -72,8 +73,22 @@ def requantize_rows(q: Tensor, d: Tensor, chunk: int = 4096) -> tuple[Tensor, Te
     return out, scales
 
 
+DENSE_FROM_ROWS = 128
+"""From this many rows of activations (a prefill chunk), Int4Linear dequantizes its weight to fp32
+for the call and runs one sgemm: torch's int4 kernel unpacks the weight again for every few rows,
+so its cost grows with the rows, while a dequantization is paid once per call."""
+
+
+def pack_nibbles(q: Tensor) -> Tensor:
+    """q [N, K] in 0..15 -> [N, K/32, 16] uint8: byte j of a group holds q[j] low, q[j + 16] high."""
+    g = q.to(torch.uint8).view(q.shape[0], -1, 2, GROUP // 2)
+    return (g[:, :, 0] | (g[:, :, 1] << 4)).contiguous()
+
+
 class Int4Linear(nn.Module):
-    """y = x @ Wᵀ (+ b) with W a Q4_1 weight packed for torch's CPU int4 kernel (group 32)."""
+    """y = x @ Wᵀ (+ b) with W a Q4_1 weight packed for torch's CPU int4 kernel (group 32).
+    It also keeps the nibbles in a portable layout (half a byte per weight) to dequantize from
+    for calls of `DENSE_FROM_ROWS` rows or more."""
 
     def __init__(self, q: Tensor, d: Tensor, m: Tensor, dtype: torch.dtype, bias: Tensor | None = None,
                  inner_k_tiles: int = 2):
@@ -86,10 +101,23 @@ class Int4Linear(nn.Module):
         # [K/32, N, 2]: (scale, zero) per group and output row, in the activation dtype
         self.register_buffer("scale_zeros", torch.stack([d, m + 8 * d], dim=-1).transpose(0, 1).contiguous().to(dtype))
         self.register_buffer("bias", None if bias is None else bias.to(dtype))
+        self.register_buffer("nibbles", pack_nibbles(q))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.contiguous(), self.packed, GROUP, self.scale_zeros)
+        if x.shape[0] >= DENSE_FROM_ROWS:
+            y = F.linear(x.float(), self.dense_weight()).to(x.dtype)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.contiguous(), self.packed, GROUP, self.scale_zeros)
         return y if self.bias is None else y + self.bias
+
+    def dense_weight(self) -> Tensor:
+        """The fp32 weight the kernel computes with: (q − 8)·scale + zero, scale and zero as stored."""
+        sz = self.scale_zeros.transpose(0, 1).float()                       # [N, K/32, 2]
+        scale, zero = sz[..., :1], sz[..., 1:]
+        q = torch.cat([self.nibbles & 0x0F, self.nibbles >> 4], dim=-1)     # [N, K/32, 32] uint8
+        w = torch.empty(q.shape)
+        torch.addcmul(zero - 8 * scale, q, scale, out=w)
+        return w.view(self.out_features, self.in_features)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, q4 group {GROUP}"
