@@ -136,3 +136,16 @@ def test_conversations_tokenize_incrementally_and_exactly(model):
         assert conv.prompt_ids(tok) == full == fork.prompt_ids(tok), turn
         conv.add_assistant(" ".join(rng.choice(pieces) for _ in range(rng.randint(1, 40))) + rng.choice(["", "\n"]))
     assert conv._head[1], "nothing was reused"
+
+
+def test_bench_agent_pipeline_shares_every_agents_fixed_prompt_across_programs():
+    result = CliRunner().invoke(app, ["bench", "workflows", "-w", "agent_pipeline", "--model", "tiny-random-llama",
+                                      "--sim", "h100-llama3-8b", "--programs", "4", "--scale", "0.05", "--rounds", "4",
+                                      "--runs", "1", "--policies", "lru,kvflow", "--output-tokens", "8",
+                                      "--kv-device-tokens", "8192", "--threads", "1", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    m = report["policies"]["kvflow"]["median"]
+    assert m["failed"] == 0 and m["llm_calls"] == 4 * 4
+    assert m["prefix_hit_rate"] > 0.5              # the agents' prompts are computed once for all four programs
+    assert {t["baseline"] for t in report["targets"]} >= {"lru", "kvflow", "belady"}

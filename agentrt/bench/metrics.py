@@ -176,6 +176,9 @@ TARGETS: dict[str, tuple[Target, ...]] = {
     "research_team": (Target("agentrt", "lru", 2.2), Target("agentrt", "continuum", 1.0, strict=True),
                       Target("agentrt", "kvflow", 1.0, strict=True), Target("agentrt", "belady", 1.15)),
     "mooncake": (Target("agentrt", "lru", 1 / 1.05),),
+    # issue 10, section 3: KVFlow-shaped pipelines at scale (simulated)
+    "agent_pipeline": (Target("agentrt", "lru", 2.5), Target("agentrt", "kvflow", 1.3), Target("agentrt", "continuum", 1.3),
+                       Target("agentrt", "belady", 1.15), Target("agentrt", "lru", 1.0, metric="p95_jct_s")),
     # issue 10, section 2: long-context agents on the real engine
     "swe_agent": (Target("agentrt", "lru", 1.5), *(Target("agentrt", p, 1.0, strict=True)
                                                   for p in ("lru+host", "continuum", "continuum-ttl", "kvflow")),

@@ -44,7 +44,7 @@ from agentrt.runtime import Runtime
 from agentrt.sched.front import WorkflowScheduler
 from agentrt.sched.policies import POLICIES, PROGRAM_ORDERED
 
-WORKLOADS = ("research_team", "coding_agent", "swe_agent")
+WORKLOADS = ("research_team", "coding_agent", "swe_agent", "agent_pipeline")
 WARMUP_TIER_TOKENS = 16384
 TOOL_LATENCY_FILE = "tracelab_claude_session_rounds.jsonl"
 WORDS = ("amber river lattice copper glacier orbit meadow cipher harbor falcon quartz ember tundra "
@@ -288,8 +288,9 @@ def tool_latencies() -> tuple[list[float], str]:
 
 
 def workflow_workload(name: str, programs: int, rate: float, seed: int, *, output_tokens: int | None = None,
-                      rounds: int | None = None, speedup: float = 1.0) -> Workload:
-    """Many concurrent fixed-shape programs of `name` (research_team or coding_agent)."""
+                      rounds: int | None = None, speedup: float = 1.0, scale: float = 1.0) -> Workload:
+    """Many concurrent fixed-shape programs of `name` (research_team, coding_agent or
+    agent_pipeline: its prompt lengths times `scale`)."""
     if name not in WORKLOADS:
         raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
     if programs < 1 or speedup <= 0:
@@ -305,6 +306,15 @@ def workflow_workload(name: str, programs: int, rate: float, seed: int, *, outpu
         inputs = [{"topic": f"Topic {i}: {words(rng, 6)}?"} for i in range(programs)]
         pauses: dict[str, list[float]] = {}
         describe = f"{programs} research_team programs (3 researchers, {out} tokens per turn)"
+    elif name == "agent_pipeline":
+        out, agents = output_tokens or 64, rounds or 10
+        shared, own = round(1000 * scale), round(2000 * scale)
+        wf = module.build(agents=agents, shared_tokens=shared, agent_tokens=own, output_tokens=out,
+                          tool_seconds=0.5 / speedup)
+        inputs = [{"task": f"Job {i}: {words(rng, round(200 * scale))}"} for i in range(programs)]
+        pauses = {}
+        describe = (f"{programs} agent_pipeline programs ({agents} agents, prompts of a {shared}-word shared prefix "
+                    f"+ {own} words each, {out} tokens per turn)")
     else:
         out, n_rounds = output_tokens or 32, rounds or 4
         latencies, source = tool_latencies()

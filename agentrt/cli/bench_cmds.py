@@ -27,6 +27,7 @@ class WorkloadName(str, enum.Enum):
     research_team = "research_team"
     coding_agent = "coding_agent"
     swe_agent = "swe_agent"
+    agent_pipeline = "agent_pipeline"
 
 
 class TraceFormat(str, enum.Enum):
@@ -87,10 +88,10 @@ def bench_workflows(
     output_tokens: Annotated[int | None, typer.Option(min=1, help="tokens per agent turn "
                                                                   "(default 48 research_team, 32 coding_agent)")] = None,
     rounds: Annotated[int | None, typer.Option(min=1, help="coding_agent: loop rounds (4); research_team: "
-                                                           "review rounds (1)")] = None,
+                                                           "review rounds (1); agent_pipeline: agents (10)")] = None,
     speedup: Annotated[float, typer.Option(min=0.001, help="divide tool pauses by this")] = 1.0,
-    scale: Annotated[float, typer.Option(min=0.001, help="swe_agent: multiply every token length by this "
-                                                         "(0.125 suits a small CPU model)")] = 1.0,
+    scale: Annotated[float, typer.Option(min=0.001, help="swe_agent, agent_pipeline: multiply every token "
+                                                         "length by this (0.125 suits a small CPU model)")] = 1.0,
     turns: Annotated[str, typer.Option(metavar="LO-HI", help="swe_agent: turns per program, drawn "
                                                              "uniformly")] = "20-60",
     seed: Annotated[int, typer.Option(min=0, help="seed of arrivals, texts and tool pauses")] = 0,
@@ -116,14 +117,16 @@ def bench_workflows(
             work = swe_workload(SweShape(programs, rate, seed, scale, speedup, lo, hi))
         else:
             work = workflow_workload(workload.value, programs, rate, seed, output_tokens=output_tokens,
-                                     rounds=rounds, speedup=speedup)
+                                     rounds=rounds, speedup=speedup, scale=scale)
         harness, kv_device_tokens = _load_harness(model, dtype, threads, kv_host_tokens, max_num_seqs, program_order,
                                                   max_programs, kv_device_tokens, kv_device_bytes, seed=seed,
                                                   profile=sim, block_size=block_size)
     settings = {"workload": workload.value, "programs": programs, "rate": rate, "output_tokens": output_tokens,
                 "rounds": rounds, "speedup": speedup, "seed": seed}
+    if workload in (WorkloadName.swe_agent, WorkloadName.agent_pipeline):
+        settings.update(scale=scale)
     if workload is WorkloadName.swe_agent:
-        settings.update(scale=scale, turns=turns)
+        settings.update(turns=turns)
     _run("workflows", harness, work, names, runs, kv_device_tokens, kv_host_tokens, tier_fraction, warmup,
          settings, as_json, plot, save)
 
