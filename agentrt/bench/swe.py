@@ -103,7 +103,7 @@ def _lognormal(rng: random.Random, median: float, sigma: float, lo: float, hi: f
 
 
 def text(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(max(1, n)))
+    return " ".join(rng.choices(WORDS, k=max(1, n)))
 
 
 def system_prompt(shape: SweShape) -> str:

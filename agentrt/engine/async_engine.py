@@ -32,12 +32,15 @@ class EngineDeadError(RuntimeError):
 class RequestStream:
     """Outputs of one request as they come (cumulative: each carries all tokens so far)."""
 
-    def __init__(self, request_id: str):
+    def __init__(self, request_id: str, *, final_only: bool = False):
         self.request_id = request_id
+        self.final_only = final_only        # only the finished output (and errors) wake the reader
         self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self.last: RequestOutput | None = None
 
     def put(self, item: RequestOutput | BaseException) -> None:
+        if self.final_only and isinstance(item, RequestOutput) and not item.finished:
+            return
         self._queue.put_nowait(item)
 
     async def __aiter__(self) -> AsyncIterator[RequestOutput]:
@@ -102,20 +105,22 @@ class AsyncLLMEngine:
 
     # ---------------------------------------------------------------- public API
     def submit(self, prompt: Prompt, params: SamplingParams | dict | None = None, *,
-               meta: RequestMeta | None = None, request_id: str | None = None) -> RequestStream:
-        """Validate and queue a request (bad input raises here); returns its stream."""
+               meta: RequestMeta | None = None, request_id: str | None = None,
+               final_only: bool = False) -> RequestStream:
+        """Validate and queue a request (bad input raises here); returns its stream (of the
+        finished output alone with `final_only`)."""
         ids, params = self.engine.validate(prompt, params)
         rid = request_id if request_id is not None else f"areq-{next(self._ids)}"
         if rid in self._streams or rid in self.engine.requests:
             raise ValueError(f"request id {rid!r} is already in use")
-        stream = self._streams[rid] = RequestStream(rid)
+        stream = self._streams[rid] = RequestStream(rid, final_only=final_only)
         self._adds.append((rid, ids, params, meta))
         self._ensure_running()
         self._wakeup.set()
         return stream
 
     async def generate(self, prompt: Prompt, params: SamplingParams | dict | None = None, **kw) -> RequestOutput:
-        stream = self.submit(prompt, params, **kw)
+        stream = self.submit(prompt, params, final_only=True, **kw)
         try:
             return await stream.result()
         except asyncio.CancelledError:
