@@ -149,3 +149,19 @@ def test_bench_agent_pipeline_shares_every_agents_fixed_prompt_across_programs()
     assert m["failed"] == 0 and m["llm_calls"] == 4 * 4
     assert m["prefix_hit_rate"] > 0.5              # the agents' prompts are computed once for all four programs
     assert {t["baseline"] for t in report["targets"]} >= {"lru", "kvflow", "belady"}
+
+
+def test_bench_rate_sweep_reports_every_rate_and_plots(tmp_path):
+    png = tmp_path / "sweep.png"
+    args = ["bench", "workflows", "-w", "swe_agent", "--model", "tiny-random-llama", "--sim", "h100-llama3-8b",
+            "--programs", "3", "--scale", "0.01", "--turns", "2-3", "--rates", "2,0.5", "--runs", "1",
+            "--policies", "lru,agentrt", "--threads", "1", "--kv-device-tokens", "4096", "--plot", str(png), "--json"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    sweep = json.loads(result.stdout)["sweep"]
+    assert [r["settings"]["rate"] for r in sweep] == [0.5, 2.0]
+    assert all(set(r["policies"]) == {"lru", "agentrt"} for r in sweep)
+    assert png.stat().st_size > 10_000 and (tmp_path / "sweep-timeline-2.png").is_file()
+    bad = CliRunner().invoke(app, ["bench", "workflows", "-w", "swe_agent", "--model", "tiny-random-llama",
+                                   "--rates", "0,1"])
+    assert bad.exit_code == 2 and "must be > 0" in bad.output + (bad.stderr or "")

@@ -103,21 +103,30 @@ def bench_workflows(
     warmup: WarmupOpt = True,
     sim: ProfileOpt = None,
     block_size: BlockOpt = 16,
+    rates: Annotated[str | None, typer.Option(metavar="R1,R2,...", help="sweep these Poisson arrival rates "
+                                              "(programs/s) instead of --rate: a table of mean JCT per rate, "
+                                              "--plot draws JCT against rate (and the heaviest rate's timeline)")] = None,
     as_json: JsonOpt = False,
     plot: PlotOpt = None,
     save: SaveOpt = None,
 ) -> None:
     """The KV policies side by side on many concurrent fixed-shape programs (same inputs, fresh engine each)."""
     from agentrt.bench.workflow_bench import parse_policies, swe_workload, workflow_workload
-    with user_errors():
-        names = parse_policies(policies)
+
+    def workload_at(rate: float):
         if workload is WorkloadName.swe_agent:
             from agentrt.bench.swe import SweShape
             lo, hi = parse_range(turns, "--turns")
-            work = swe_workload(SweShape(programs, rate, seed, scale, speedup, lo, hi))
-        else:
-            work = workflow_workload(workload.value, programs, rate, seed, output_tokens=output_tokens,
-                                     rounds=rounds, speedup=speedup, scale=scale)
+            return swe_workload(SweShape(programs, rate, seed, scale, speedup, lo, hi))
+        return workflow_workload(workload.value, programs, rate, seed, output_tokens=output_tokens,
+                                 rounds=rounds, speedup=speedup, scale=scale)
+    with user_errors():
+        names = parse_policies(policies)
+        sweep = None
+        if rates is not None:
+            from agentrt.bench.sweep import parse_rates
+            sweep = parse_rates(rates)
+        work = workload_at(sweep[0] if sweep else rate)
         harness, kv_device_tokens = _load_harness(model, dtype, threads, kv_host_tokens, max_num_seqs, program_order,
                                                   max_programs, kv_device_tokens, kv_device_bytes, seed=seed,
                                                   profile=sim, block_size=block_size)
@@ -127,8 +136,26 @@ def bench_workflows(
         settings.update(scale=scale)
     if workload is WorkloadName.swe_agent:
         settings.update(turns=turns)
-    _run("workflows", harness, work, names, runs, kv_device_tokens, kv_host_tokens, tier_fraction, warmup,
-         settings, as_json, plot, save)
+    if sweep is None:
+        return _run("workflows", harness, work, names, runs, kv_device_tokens, kv_host_tokens, tier_fraction, warmup,
+                    settings, as_json, plot, save)
+    reports = []
+    for i, r in enumerate(sweep):
+        err.print(f"[bold]rate {r:g} programs/s[/] ({i + 1}/{len(sweep)})")
+        with user_errors():
+            work = workload_at(r) if i else work
+        last = plot if i == len(sweep) - 1 else None      # the heaviest rate's timeline
+        timeline = last.with_name(f"{last.stem}-timeline-{r:g}{last.suffix}") if last else None
+        reports.append(_report("workflows", harness, work, names, runs, kv_device_tokens, kv_host_tokens,
+                               tier_fraction, warmup, {**settings, "rate": r}, timeline))
+    from agentrt.bench.sweep import plot_sweep, render_sweep
+    if plot is not None:
+        err.print(f"[dim]wrote {plot_sweep(reports, plot)}[/]")
+    if save:
+        save.write_text(json.dumps({"sweep": reports}, indent=2, default=str) + "\n")
+    if as_json:
+        return emit_json({"sweep": reports})
+    out.print(render_sweep(reports))
 
 
 @bench_app.command("replay", epilog="Examples: agentrt bench replay ../shared/workloads/tracelab_multi_session_large.csv "
@@ -223,6 +250,17 @@ def _device_tokens(harness, tokens: int | None, size: str | None) -> int | None:
 def _run(kind: str, harness, work, names: list[str], runs: int, kv_device_tokens: int | None, kv_host_tokens: int,
          tier_fraction: float, warmup: bool, settings: dict[str, Any], as_json: bool, plot: Path | None,
          save: Path | None) -> None:
+    report = _report(kind, harness, work, names, runs, kv_device_tokens, kv_host_tokens, tier_fraction, warmup,
+                     settings, plot)
+    if save:
+        save.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if as_json:
+        return emit_json(report)
+    out.print(render_table(report))
+
+
+def _report(kind: str, harness, work, names: list[str], runs: int, kv_device_tokens: int | None, kv_host_tokens: int,
+            tier_fraction: float, warmup: bool, settings: dict[str, Any], plot: Path | None) -> dict[str, Any]:
     from agentrt.bench.workflow_bench import run_bench
     with user_errors():
         result = run_bench(harness, work, names, runs, kv_device_tokens, tier_fraction,
@@ -237,11 +275,7 @@ def _run(kind: str, harness, work, names: list[str], runs: int, kv_device_tokens
         from agentrt.bench.plot import plot_result
         plot_result(result, plot, title=f"{kind} · {work.describe}")
         err.print(f"[dim]wrote {plot}[/]")
-    if save:
-        save.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    if as_json:
-        return emit_json(report)
-    out.print(render_table(report))
+    return report
 
 
 # ------------------------------------------------------------------------------------------ report
