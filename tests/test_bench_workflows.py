@@ -13,7 +13,7 @@ from agentrt.bench.traces import MOONCAKE_FILE, TRACELAB_FILE, workloads_dir
 from agentrt.cli import app
 
 TINY = ["--model", "tiny-random-llama", "--threads", "1", "--runs", "1"]
-POLICIES = ("lru", "continuum", "kvflow", "agentrt")
+POLICIES = ("lru", "continuum", "continuum-ttl", "kvflow", "agentrt")
 REPORT_KEYS = {"benchmark", "model", "workload", "describe", "machine", "settings", "working_set_tokens",
                "kv_device_tokens", "tier_fraction_of_working_set", "longest_request_tokens", "warmup_s",
                "policies", "vs_lru_mean_jct", "targets", "notes"}

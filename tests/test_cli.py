@@ -253,7 +253,7 @@ def test_every_subcommand_help_still_works(runner):
 
 
 def test_cli_choices_agree_with_the_modules_that_define_them():
-    from agentrt.bench.workflow_bench import WORKLOADS
+    from agentrt.bench.workloads import WORKLOADS
     from agentrt.cli.bench_cmds import ALL_POLICIES, WorkloadName
     from agentrt.sched.policies import POLICIES
 

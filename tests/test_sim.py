@@ -70,7 +70,8 @@ def test_the_fit_recovers_known_coefficients_and_drops_a_negative_term():
 
 
 def test_bench_workflows_on_the_simulated_backend_runs_in_virtual_time_and_repeats(tiny_loaded):
-    from agentrt.bench.workflow_bench import Harness, run_bench, workflow_workload
+    from agentrt.bench.workflow_bench import Harness, run_bench
+    from agentrt.bench.workloads import workflow_workload
 
     def once():
         harness = Harness("tiny-random-llama", threads=1, profile="h100-llama3-8b")

@@ -22,35 +22,23 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-import importlib.util
-import random
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from agentrt.bench.metrics import Probe, ProgramRecord, RunRecord, belady_recomputes
+from agentrt.bench.metrics import Probe, RunRecord, belady_recomputes
+from agentrt.bench.workloads import Workload
 from agentrt.clock import VirtualClock, run_virtual
 from agentrt.engine import EngineConfig, LLMEngine
-from agentrt.engine.async_engine import AsyncLLMEngine
 from agentrt.engine.loader import LoadedModel, load_model
 from agentrt.engine.model import kv_bytes_per_token
 from agentrt.engine.sim import StepProfile, load_profile, sim_runner
-from agentrt.runtime import Runtime
-from agentrt.sched.front import WorkflowScheduler
 from agentrt.sched.policies import POLICIES, PROGRAM_ORDERED
 
-WORKLOADS = ("research_team", "coding_agent", "swe_agent", "agent_pipeline")
 WARMUP_TIER_TOKENS = 16384
-TOOL_LATENCY_FILE = "tracelab_claude_session_rounds.jsonl"
-WORDS = ("amber river lattice copper glacier orbit meadow cipher harbor falcon quartz ember tundra "
-         "signal mosaic canyon pollen vector lantern basalt comet delta fjord garnet horizon island "
-         "juniper kelp lagoon magnet nebula oasis prism quill reef saffron tide umber violet willow "
-         "yarrow zephyr anchor beacon cedar dune echo fern grove helix ivory jade kiln lichen marble").split()
 
 Log = Callable[[str], None]
 
@@ -80,36 +68,6 @@ def engine_setup(policy: str, host_tokens: int) -> tuple[str, int]:
             raise ValueError(f"{LRU_HOST} needs a host tier: give --kv-host-tokens")
         return "lru", host_tokens
     return base, 0 if base == "lru" else host_tokens
-
-
-def poisson_arrivals(n: int, rate: float, seed: int) -> list[float]:
-    """Arrival times (s) of n programs: a Poisson process at `rate`/s starting at 0, or all at 0."""
-    if rate < 0:
-        raise ValueError(f"rate must be >= 0 (0: all programs at once), got {rate}")
-    if rate == 0:
-        return [0.0] * n
-    rng, t, out = random.Random(seed), 0.0, []
-    for _ in range(n):
-        out.append(t)
-        t += rng.expovariate(rate)
-    return out
-
-
-def words(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n))
-
-
-@dataclass
-class Workload:
-    """What the harness runs: `drive(engine, policy, probe)` runs every program once and returns
-    their records and the wall time (from the first arrival to the last end)."""
-    name: str
-    programs: int
-    describe: str
-    drive: Callable[..., Any]
-    notes: list[str] = field(default_factory=list)
-    known_working_set_tokens: int | None = None     # replay: computed from the trace (warm-up only warms)
-    known_longest_request: int | None = None
 
 
 # ------------------------------------------------------------------------------------------ harness
@@ -259,135 +217,3 @@ def _check_fits(longest: int, kv_tokens: int | None, harness: Harness) -> None:
 def longest_request(rec: RunRecord) -> int:
     """The longest request (prompt + output tokens) of a run, from its timeline."""
     return max((n for kind, _, _, _, n in rec.timeline if kind == "llm"), default=0)
-
-
-# ------------------------------------------------------------------------------------------ workflows
-def _workflow_module(name: str):
-    """workflows/<name>.py from the project root (they are files, not part of the package)."""
-    path = Path(__file__).resolve().parents[2] / "workflows" / f"{name}.py"
-    if not path.is_file():
-        raise ValueError(f"{path} is missing: the workflow benchmarks need the project's workflows/ folder")
-    spec = importlib.util.spec_from_file_location(f"agentrt_bench_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def tool_latencies() -> tuple[list[float], str]:
-    """Real tool-call wall latencies (s) from the TraceLab round trace, all tools pooled."""
-    from agentrt.bench.traces import workloads_dir
-    from agentrt.sched.predictor import load_tracelab_tool_latencies
-    folder = workloads_dir()
-    if folder is not None and (folder / TOOL_LATENCY_FILE).is_file():
-        lat = load_tracelab_tool_latencies(folder / TOOL_LATENCY_FILE)
-        values = sorted(x for v in lat.values() for x in v)
-        return values, f"tool pauses drawn from {len(values)} real tool latencies ({TOOL_LATENCY_FILE})"
-    values = [0.06, 0.08, 0.14, 0.19, 0.86, 1.18, 2.5, 5.0, 12.7, 16.1]
-    return values, f"{TOOL_LATENCY_FILE} not found (../shared/workloads): built-in latency sample used"
-
-
-def workflow_workload(name: str, programs: int, rate: float, seed: int, *, output_tokens: int | None = None,
-                      rounds: int | None = None, speedup: float = 1.0, scale: float = 1.0) -> Workload:
-    """Many concurrent fixed-shape programs of `name` (research_team, coding_agent or
-    agent_pipeline: its prompt lengths times `scale`)."""
-    if name not in WORKLOADS:
-        raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
-    if programs < 1 or speedup <= 0:
-        raise ValueError("need --programs >= 1 and --speedup > 0")
-    arrivals = poisson_arrivals(programs, rate, seed)
-    rng = random.Random(seed)
-    notes = [f"arrivals: {'all at once' if rate == 0 else f'Poisson, {rate:g} programs/s (seed {seed})'}"]
-    module = _workflow_module(name)
-    if name == "research_team":
-        out = output_tokens or 48
-        wf = module.build(fixed_shape=True, researchers=3, output_tokens=out, search_seconds=0.5 / speedup,
-                          review_rounds=rounds if rounds is not None else 1)
-        inputs = [{"topic": f"Topic {i}: {words(rng, 6)}?"} for i in range(programs)]
-        pauses: dict[str, list[float]] = {}
-        describe = f"{programs} research_team programs (3 researchers, {out} tokens per turn)"
-    elif name == "agent_pipeline":
-        out, agents = output_tokens or 64, rounds or 10
-        shared, own = round(1000 * scale), round(2000 * scale)
-        wf = module.build(agents=agents, shared_tokens=shared, agent_tokens=own, output_tokens=out,
-                          tool_seconds=0.5 / speedup)
-        inputs = [{"task": f"Job {i}: {words(rng, round(200 * scale))}"} for i in range(programs)]
-        pauses = {}
-        describe = (f"{programs} agent_pipeline programs ({agents} agents, prompts of a {shared}-word shared prefix "
-                    f"+ {own} words each, {out} tokens per turn)")
-    else:
-        out, n_rounds = output_tokens or 32, rounds or 4
-        latencies, source = tool_latencies()
-        notes.append(source + (f", compressed {speedup:g}x" if speedup != 1 else ""))
-        pauses = {f"p{i}": [rng.choice(latencies) / speedup for _ in range(n_rounds)] for i in range(programs)}
-        current: dict[str, list[float]] = {}
-
-        def draw() -> float:
-            from agentrt.runtime import current_program
-            return current[current_program().id].pop(0)
-        wf = module.build(fixed_shape=True, rounds=n_rounds, output_tokens=out, tool_seconds=draw)
-        inputs = [{"task": f"Task {i}: write a function named {words(rng, 1)}_{i} that sorts {words(rng, 5)}."}
-                  for i in range(programs)]
-        describe = f"{programs} coding_agent programs ({n_rounds} rounds, {out} tokens per turn)"
-    before = None
-    if name == "coding_agent":             # the same pauses, program by program, for every policy
-        def before() -> None:
-            current.clear()
-            current.update({pid: list(seq) for pid, seq in pauses.items()})
-    drive = program_driver(wf.compile(), inputs, arrivals, before=before)
-    return Workload(name, programs, describe, drive, notes)
-
-
-def program_driver(compiled, inputs: list[dict], arrivals: list[float], *, before: Callable[[], None] | None = None,
-                   ids: list[str] | None = None):
-    """`Workload.drive` for programs of one compiled workflow: program i (id `ids[i]`, else p{i})
-    arrives at `arrivals[i]` with `inputs[i]`; `before()` runs at the start of every run."""
-    ids = ids or [f"p{i}" for i in range(len(inputs))]
-
-    async def drive(engine: LLMEngine, policy: str, probe: Probe, warmup: bool = False, options: dict | None = None):
-        if before is not None:
-            before()
-        aengine = AsyncLLMEngine(engine, inline=isinstance(engine.clock, VirtualClock))
-        engine.stream_text = False          # text is only needed at the end of a turn
-        opts = dict(options or {})
-        door = WorkflowScheduler(policy, kv=engine.kv_spec, prefetch=lambda ids: aengine.prefetch(ids, evict=True),
-                                 clock=engine.clock, order=opts.pop("order", None),
-                                 max_programs=opts.pop("max_programs", None), meter=probe.meter)
-        rt = Runtime(aengine, scheduler=door, **opts)
-        probe.attach(rt)
-        try:
-            probe.start()
-
-            async def one(i: int) -> ProgramRecord:
-                delay = arrivals[i] - probe.now()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                submitted = probe.now()
-                r = await rt.submit(compiled, inputs[i], program_id=ids[i]).result()
-                return ProgramRecord(r.program_id, r.status, submitted, r.jct, r.llm_calls, r.tokens_in,
-                                     r.tokens_out, r.cached_tokens, r.error)
-            records = await asyncio.gather(*(one(i) for i in range(len(inputs))))
-            return list(records), probe.now()
-        finally:
-            await rt.close()
-            await aengine.close()
-    return drive
-
-
-def swe_workload(shape) -> Workload:
-    """`shape.programs` SWE-agent episodes (agentrt.bench.swe) of workflows/swe_agent.py."""
-    from agentrt.bench.swe import summary, swe_programs, tool_calls
-    module = _workflow_module("swe_agent")
-    episodes = swe_programs(shape)
-    facts = summary(episodes)
-    inputs = [module.episode_input(shape, i) for i in range(len(episodes))]
-    notes = [tool_calls()[1] + (f", divided by {shape.time_scale:g}" if shape.time_scale != 1 else ""),
-             f"arrivals: {'all at once' if shape.rate == 0 else f'Poisson, {shape.rate:g} programs/s (seed {shape.seed})'}",
-             f"{facts['turns']} turns; {facts['calls_under_1s']:.0%} of tool calls under 1 s, "
-             f"{facts['tool_time_in_calls_over_1s']:.0%} of tool time in calls of 1 s or more (longest "
-             f"{facts['max_tool_seconds']:.1f} s)"]
-    describe = (f"{len(episodes)} swe_agent programs ({shape.min_turns}-{shape.max_turns} turns, scale {shape.scale:g}, "
-                f"~{facts['mean_context_tokens']:,.0f} words of final context, up to {facts['max_context_tokens']:,})")
-    drive = program_driver(module.build(shape=shape).compile(), inputs, [p.arrival_s for p in episodes],
-                           ids=[p.program_id for p in episodes])
-    return Workload("swe_agent", len(episodes), describe, drive, notes)

@@ -20,7 +20,7 @@ from rich.table import Table
 from agentrt.cli.common import DEFAULT_MODEL, EngineDTypeOpt, JsonOpt, ModelOpt, bench_app, emit_json, err, out, \
     parse_size, user_errors
 
-ALL_POLICIES = "lru,continuum,kvflow,agentrt"
+ALL_POLICIES = "lru,continuum,continuum-ttl,kvflow,agentrt"
 
 
 class WorkloadName(str, enum.Enum):
@@ -35,7 +35,8 @@ class TraceFormat(str, enum.Enum):
     mooncake = "mooncake"
 
 
-PoliciesOpt = Annotated[str, typer.Option("--policies", "-p", help="comma-separated: lru, continuum, kvflow, agentrt")]
+PoliciesOpt = Annotated[str, typer.Option("--policies", "-p", help="comma-separated: lru, lru+host, continuum, "
+                                                                  "continuum-ttl, kvflow, agentrt")]
 RunsOpt = Annotated[int, typer.Option(min=1, help="measured runs per policy (medians reported)")]
 DeviceOpt = Annotated[int | None, typer.Option("--kv-device-tokens", min=16, help="device-tier KV capacity in tokens "
                                                 "(default: --tier-fraction of the working set)")]
@@ -111,15 +112,17 @@ def bench_workflows(
     save: SaveOpt = None,
 ) -> None:
     """The KV policies side by side on many concurrent fixed-shape programs (same inputs, fresh engine each)."""
-    from agentrt.bench.workflow_bench import parse_policies, swe_workload, workflow_workload
+    from agentrt.bench.workflow_bench import parse_policies
+    from agentrt.bench.workloads import workload_from_settings
+    settings = {"workload": workload.value, "programs": programs, "rate": rate, "output_tokens": output_tokens,
+                "rounds": rounds, "speedup": speedup, "seed": seed}
+    if workload in (WorkloadName.swe_agent, WorkloadName.agent_pipeline):
+        settings.update(scale=scale)
+    if workload is WorkloadName.swe_agent:
+        settings.update(turns=turns)
 
     def workload_at(rate: float):
-        if workload is WorkloadName.swe_agent:
-            from agentrt.bench.swe import SweShape
-            lo, hi = parse_range(turns, "--turns")
-            return swe_workload(SweShape(programs, rate, seed, scale, speedup, lo, hi))
-        return workflow_workload(workload.value, programs, rate, seed, output_tokens=output_tokens,
-                                 rounds=rounds, speedup=speedup, scale=scale)
+        return workload_from_settings({**settings, "rate": rate})
     with user_errors():
         names = parse_policies(policies)
         sweep = None
@@ -130,12 +133,6 @@ def bench_workflows(
         harness, kv_device_tokens = _load_harness(model, dtype, threads, kv_host_tokens, max_num_seqs, program_order,
                                                   max_programs, kv_device_tokens, kv_device_bytes, seed=seed,
                                                   profile=sim, block_size=block_size)
-    settings = {"workload": workload.value, "programs": programs, "rate": rate, "output_tokens": output_tokens,
-                "rounds": rounds, "speedup": speedup, "seed": seed}
-    if workload in (WorkloadName.swe_agent, WorkloadName.agent_pipeline):
-        settings.update(scale=scale)
-    if workload is WorkloadName.swe_agent:
-        settings.update(turns=turns)
     if sweep is None:
         return _run("workflows", harness, work, names, runs, kv_device_tokens, kv_host_tokens, tier_fraction, warmup,
                     settings, as_json, plot, save)
@@ -204,18 +201,6 @@ def bench_replay(
     settings = {"trace": str(trace), "format": fmt, "scale": scale, "limit": limit, "speedup": speedup, "seed": seed}
     _run("replay", harness, work, names, runs, kv_device_tokens, kv_host_tokens, tier_fraction, warmup,
          settings, as_json, plot, save)
-
-
-def parse_range(text: str, option: str) -> tuple[int, int]:
-    """'20-60' (or '30') as (20, 60)."""
-    lo, _, hi = text.partition("-")
-    try:
-        low, high = int(lo), int(hi or lo)
-    except ValueError:
-        raise ValueError(f"{option} takes LO-HI, e.g. 20-60; got {text!r}") from None
-    if not 1 <= low <= high:
-        raise ValueError(f"{option} {text}: need 1 <= LO <= HI")
-    return low, high
 
 
 def _load_harness(model: str, dtype: str, threads: int, host_tokens: int, max_num_seqs: int, order: ProgramOrder,
