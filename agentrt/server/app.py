@@ -162,22 +162,20 @@ def create_app(engine, *, model_name: str, policy: str | None = "agentrt", api_k
 
     @app.post("/v1/programs/{program_id}/end")
     async def end_program(program_id: str, request: Request):
-        authorize(request)
-        if not tracker.end(program_id):
+        if not tracker.end(tenancy.program_key(authorize(request), program_id)):
             raise APIError(404, f"no running program {program_id!r}", param="program_id", code="program_not_found")
         return {"id": program_id, "object": "program", "ended": True}
 
     @app.get("/v1/programs/{program_id}")
     async def describe_program(program_id: str, request: Request):
-        authorize(request)
-        info = tracker.describe(program_id)
+        info = tracker.describe(tenancy.program_key(authorize(request), program_id))
         if info is None:
             raise APIError(404, f"no running program {program_id!r}", param="program_id", code="program_not_found")
-        return info
+        return {**info, "id": program_id}
 
     async def serve(body, request: Request, job_of) -> Response:
         tenant = authorize(request)
-        ids = program_ids(body, request.headers)
+        ids = tenancy.scope(tenant, program_ids(body, request.headers))
         job: Job = job_of(body, tenant)
         slot = service.admit()
         if body.stream:

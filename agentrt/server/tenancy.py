@@ -10,7 +10,8 @@ blocks only with requests of the same salt (agentrt.engine.request.RequestMeta).
 * Several keys (`--api-key` repeated: each key is a tenant of its own; or `{key: tenant}` given to
   `create_app`, where keys of one tenant share its cache): every request is salted with its
   tenant, together with its body's `cache_salt` when there is one, so no body salt reaches into
-  another tenant's cache.
+  another tenant's cache, and program ids are the tenant's own (`program_key`): one tenant can
+  neither see, end nor join another's program of the same id.
 
 Salted requests use the device and host tiers, never the disk tier (see agentrt.engine.disk_link).
 Keys are kept as SHA-256 digests and looked up by digest.
@@ -22,6 +23,7 @@ import json
 from collections.abc import Mapping, Sequence
 
 from agentrt.server.errors import APIError
+from agentrt.server.programs import ProgramIds
 
 Keys = str | Sequence[str] | Mapping[str, str] | None
 DEFAULT_TENANT = "default"
@@ -77,3 +79,16 @@ class Tenancy:
         if not self.isolated or tenant is None:
             return body_salt
         return json.dumps([tenant, body_salt], separators=(",", ":"))
+
+    def program_key(self, tenant: str | None, program_id: str) -> str:
+        """The tracker's id of a client's program: the id as sent, or (with several tenants) the
+        id within the caller's tenant, so that tenants' programs of the same id are two programs."""
+        if not self.isolated or tenant is None:
+            return program_id
+        return json.dumps([tenant, program_id], separators=(",", ":"))
+
+    def scope(self, tenant: str | None, ids: ProgramIds) -> ProgramIds:
+        """A request's program fields with its program id made the tenant's (see `program_key`)."""
+        if ids.program_id is None:
+            return ids
+        return ids._replace(program_id=self.program_key(tenant, ids.program_id))
