@@ -165,3 +165,27 @@ def test_bench_rate_sweep_reports_every_rate_and_plots(tmp_path):
     bad = CliRunner().invoke(app, ["bench", "workflows", "-w", "swe_agent", "--model", "tiny-random-llama",
                                    "--rates", "0,1"])
     assert bad.exit_code == 2 and "must be > 0" in bad.output + (bad.stderr or "")
+
+
+def test_fidelity_runs_a_real_report_again_on_the_simulator(tmp_path):
+    saved = tmp_path / "real.json"
+    real = CliRunner().invoke(app, ["bench", "workflows", "-w", "swe_agent", "--model", "tiny-random-llama",
+                                    "--programs", "3", "--scale", "0.01", "--turns", "2-3", "--speedup", "20",
+                                    "--runs", "1", "--policies", "lru,agentrt", "--threads", "1",
+                                    "--kv-device-tokens", "2048", "--no-warmup", "--save", str(saved)],
+                              catch_exceptions=False)
+    assert real.exit_code == 0, real.stderr
+    result = CliRunner().invoke(app, ["bench", "fidelity", str(saved), "--sim", "h100-llama3-8b", "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    fid = json.loads(result.stdout)
+    rows = {r["policy"]: r for r in fid["rows"]}
+    report = json.loads(saved.read_text())
+    assert set(rows) == {"lru", "agentrt"}
+    for p, row in rows.items():
+        assert row["real"] == report["policies"][p]["median"]["mean_jct_s"] and row["sim"] > 0
+        assert row["error"] == pytest.approx((row["sim"] - row["real"]) / row["real"])
+    assert sorted(fid["real_ranking"]) == sorted(fid["sim_ranking"]) == ["agentrt", "lru"]
+    assert fid["met"] == (fid["max_abs_error"] <= 0.10 and fid["same_ranking"])
+    bad = CliRunner().invoke(app, ["bench", "fidelity", str(tmp_path / "none.json")])
+    assert bad.exit_code == 2 and "no such report" in bad.output + (bad.stderr or "")

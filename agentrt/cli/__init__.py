@@ -5,7 +5,7 @@ import sys
 
 import typer
 
-from agentrt.cli import bench_cmds, cluster_cmds, durable_cmds, engine_cmds, run_cmds, serve_bench_cmds, serve_cmds, worker_cmds  # noqa: F401,E501  (they register their commands)
+from agentrt.cli import bench_cmds, cluster_cmds, durable_cmds, engine_cmds, fidelity_cmds, run_cmds, serve_bench_cmds, serve_cmds, worker_cmds  # noqa: F401,E501  (they register their commands)
 from agentrt.cli.common import app
 
 __all__ = ["app", "main"]
