@@ -249,7 +249,7 @@ def test_target_with_two_workflows_needs_an_attr(runner, tmp_path):
     (["{pair}", "--input-file", "{dir}/latin1.jsonl"], "cannot read {dir}/latin1.jsonl: 'utf-8' codec can't decode"),
     (["{pair}", "--input-file", "{dir}/empty.jsonl"], "{dir}/empty.jsonl has no inputs (one JSON object per line)"),
     (["{dir}/raises.py"], "cannot import {dir}/raises.py: RuntimeError: broken at import"),
-    (["{pair}", "--policy", "fifo"], "unknown policy 'fifo'; choose from lru, continuum, kvflow, agentrt"),
+    (["{pair}", "--policy", "fifo"], "unknown policy 'fifo'; choose from lru, continuum, continuum-ttl, kvflow, agentrt"),
 ])
 def test_run_usage_errors_exit_2_with_one_line(runner, pair_file, tmp_path, args, message):
     (tmp_path / "bad.jsonl").write_text('{"topic": "ok"}\n{"topic": \n')
