@@ -198,18 +198,14 @@ def run_llama_cpp(gguf: str, model: str, sessions, turns, out_tokens, threads: i
     import httpx
     from agentrt.server.run import free_port
     port = free_port()
+    import tempfile
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1",
                              "--port", str(port), "--n_threads", str(threads), "--n_ctx", "4096",
-                             "--model_alias", model], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--model_alias", model], stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/v1/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_ready(proc, url, log, 120)
 
         async def main():
             async with httpx.AsyncClient(timeout=600) as client:
@@ -222,6 +218,28 @@ def run_llama_cpp(gguf: str, model: str, sessions, turns, out_tokens, threads: i
     finally:
         proc.terminate()
         proc.wait(30)
+        log.close()
+
+
+def wait_ready(proc, url: str, log, seconds: float) -> None:
+    """Until the server at `url` answers /v1/models; PeerUnavailable (with its last log line) when
+    the process exits or `seconds` pass first."""
+    import httpx
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(url + "/v1/models", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log.seek(0)
+            tail = log.read().decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise PeerUnavailable(f"llama.cpp server did not start ({tail[0][:200]})")
+
+
+class PeerUnavailable(RuntimeError):
+    """A peer that is installed but could not be run; the report says why."""
 
 
 def median_figures(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -251,7 +269,12 @@ def bench_serve(model: str, *, sessions: int, turns: int, output_tokens: int, ru
     if model == "smollm2-135m":
         from agentrt.engine.loader import smollm2_gguf_path
         gguf = str(smollm2_gguf_path())
-    llama = run_llama_cpp(gguf, model, work, turns, output_tokens, threads) if gguf else None
+    llama, llama_status = None, "absent (pip install 'llama-cpp-python[server]')"
+    try:
+        llama = run_llama_cpp(gguf, model, work, turns, output_tokens, threads) if gguf else None
+        llama_status = "measured" if llama is not None else llama_status
+    except PeerUnavailable as exc:
+        llama_status = str(exc)
     medians = {p: median_figures(rs) for p, rs in results.items()}
     if llama is not None:
         medians["llama.cpp server"] = llama.summary()
@@ -266,6 +289,6 @@ def bench_serve(model: str, *, sessions: int, turns: int, output_tokens: int, ru
                                                    "runs": runs, "kv_device_tokens": kv_tokens,
                                                    "max_num_seqs": max_num_seqs, "pause_s": list(pause_s)},
             "medians": medians, "runs": results,
-            "llama_cpp": "measured" if llama is not None else "absent (pip install 'llama-cpp-python[server]')",
+            "llama_cpp": llama_status,
             "server_overhead_tput": 1 - medians["http/agentrt"]["tok_per_s"] / base if "http/agentrt" in medians
             else None}
