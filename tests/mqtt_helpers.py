@@ -30,7 +30,7 @@ def need_broker_stack() -> None:
     if missing:
         if REQUIRED:
             pytest.fail(f"{missing}, and AGENTRT_REQUIRE_MOSQUITTO=1")
-        pytest.skip(missing)
+        pytest.skip(reason=missing)
 
 
 @pytest.fixture

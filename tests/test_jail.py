@@ -28,7 +28,7 @@ def bwrap_or_skip():
     if bwrap_status()[0] is None:
         if os.environ.get("AGENTRT_REQUIRE_BWRAP") == "1":
             pytest.fail(f"AGENTRT_REQUIRE_BWRAP=1 but {bwrap_status()[1]}")
-        pytest.skip(bwrap_status()[1])
+        pytest.skip(reason=bwrap_status()[1])
 
 
 @pytest.fixture(params=["bwrap", "rlimits"])
