@@ -83,6 +83,28 @@ def test_program_load_counts_paused_programs_which_request_load_cannot_see():
     assert [load.inflight for load in req.loads()] == [0, 0]      # request-level: nothing is running
 
 
+def test_program_placement_weighs_the_context_each_replica_holds_not_its_program_count():
+    """One old program with a long context weighs more than two new ones: a new program goes
+    where the KV its replica holds is smallest, and the load follows each program's latest turn."""
+    r = Router("program", ["a", "b"])
+    long_one = send(r, "old", prompt(0, 2))           # 112 tokens
+    r.done(long_one, "old")
+    home = long_one.replica
+    other = "b" if home == "a" else "a"
+    for i in (1, 2):
+        d = send(r, f"p{i}", prompt(i))
+        assert d.replica == other                      # 0, then 80 tokens there against 112
+        r.done(d, f"p{i}")
+    grown = send(r, "old", prompt(0, 20))              # its context grows to 400 tokens on its home
+    r.done(grown, "old")
+    loads = {x.name: x for x in r.loads()}
+    assert (loads[home].programs, loads[home].context_tokens) == (1, 400)
+    assert (loads[other].programs, loads[other].context_tokens) == (2, 160)
+    assert send(r, "p3", prompt(3)).replica == other   # 1 program but 400 tokens against 2 with 160
+    r.end_program("old")
+    assert {x.name: x.context_tokens for x in r.loads()}[home] == 0
+
+
 def test_program_fails_over_when_its_replica_dies_and_the_replica_rejoins_empty():
     r = Router("program", ["a", "b"])
     d = send(r, "p1", prompt(1))

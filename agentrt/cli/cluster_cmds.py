@@ -126,6 +126,8 @@ def bench_cluster(
     max_turns: Annotated[int, typer.Option(min=1, help="most turns of an episode")] = 60,
     kv_tokens: Annotated[int | None, typer.Option("--kv-device-tokens", min=16, help="each replica's device tier "
                                                   "(sim default: the profile's; real default 16384)")] = None,
+    host_tokens: Annotated[int, typer.Option("--kv-host-tokens", min=0, help="each replica's host tier in tokens "
+                                             "(0: none; evicted blocks are then recomputed)")] = 0,
     policy: Annotated[str, typer.Option(help="each replica's KV policy (lru, continuum, kvflow, agentrt)")] = "agentrt",
     threads: Annotated[int, typer.Option(min=1, help="real replicas: torch threads each")] = 1,
     runs: Annotated[int, typer.Option(min=1, help="runs per router (medians reported)")] = 1,
@@ -149,14 +151,15 @@ def bench_cluster(
     log(f"{programs} SWE-agent episodes over {replicas} {'simulated ' + sim if sim else model} replicas: "
         + ", ".join(f"{k} {v:.3g}" for k, v in summary(episodes).items()))
     with user_errors():
-        results = _bench_runs(sim, names, replicas, shape, model, kv_tokens, policy, threads, runs, ray_address, log)
+        results = _bench_runs(sim, names, replicas, shape, model, kv_tokens, host_tokens, policy, threads, runs,
+                              ray_address, log)
     table = {name: medians(rs) for name, rs in results.items()}
     obj = {"benchmark": "cluster", "backend": f"sim:{sim}" if sim else f"ray:{model}", "replicas": replicas,
            "routers": table, "runs": {n: [r.figures() for r in rs] for n, rs in results.items()},
            "targets": targets(table), "workload": summary(episodes),
            "settings": {"programs": programs, "rate": rate, "scale": scale, "time_scale": time_scale,
                         "min_turns": min_turns, "max_turns": max_turns, "kv_device_tokens": kv_tokens,
-                        "policy": policy, "threads": threads, "runs": runs, "seed": seed},
+                        "kv_host_tokens": host_tokens, "policy": policy, "threads": threads, "runs": runs, "seed": seed},
            "errors": [e for rs in results.values() for r in rs for e in r.errors][:20]}
     if save is not None:
         save.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
@@ -168,14 +171,14 @@ def bench_cluster(
         out.print(f"  {'met ' if t['met'] else 'MISS'}  {t['target']}: {t['ratio']:.2f}")
 
 
-def _bench_runs(sim, names, replicas, shape, model, kv_tokens, policy, threads, runs, ray_address, log):
+def _bench_runs(sim, names, replicas, shape, model, kv_tokens, host_tokens, policy, threads, runs, ray_address, log):
     if sim:
         from agentrt.bench.cluster_bench import token_episodes
         from agentrt.bench.cluster_sim import sim_bench
         from agentrt.engine.sim import load_profile
         profile = load_profile(sim)
         return sim_bench(token_episodes(shape), names, replicas, profile, runs, log, policy=policy,
-                         kv_tokens=kv_tokens)
+                         kv_tokens=kv_tokens, host_tokens=host_tokens)
     from agentrt.bench.cluster_real import real_bench
     from agentrt.bench.swe import swe_programs
     from agentrt.cluster.ray_replicas import ReplicaSpec, require_ray
@@ -183,7 +186,8 @@ def _bench_runs(sim, names, replicas, shape, model, kv_tokens, policy, threads, 
         require_ray()
     except RuntimeError as exc:
         fail(str(exc))
-    spec = ReplicaSpec(model, {"num_threads": threads, "kv_cache_tokens": kv_tokens or 16384}, policy)
+    spec = ReplicaSpec(model, {"num_threads": threads, "kv_cache_tokens": kv_tokens or 16384,
+                              "host_kv_tokens": host_tokens}, policy)
     return real_bench(swe_programs(shape), shape, names, replicas, spec, runs, log, ray_address=ray_address)
 
 

@@ -188,7 +188,8 @@ class ClusterFront:
         for load in self.router.loads():
             info = self.replicas.info.get(load.name, {})
             rows.append({"name": load.name, "alive": load.alive, "inflight": load.inflight,
-                         "programs": load.programs, "routed_requests": load.routed_requests,
+                         "programs": load.programs, "context_size": load.context_tokens,
+                         "routed_requests": load.routed_requests,
                          "routed_size": load.routed_tokens, "index_blocks": load.index_blocks,
                          "pid": info.get("pid"), "restarts": self.replicas.restarts.get(load.name, 0),
                          "engine_running": info.get("running"), "engine_waiting": info.get("waiting"),

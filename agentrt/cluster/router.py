@@ -16,12 +16,14 @@ Policies (`Router(policy, replicas)`):
                   replica with the smallest tree (both routers' fallback).
 * `program`       ours: a program's turns go to its home replica (the one that holds its
                   context); a new program goes where its prefix is cached unless that replica is
-                  overloaded (its program load reaches `overload_factor` x the mean and
-                  `overload_abs` above the idlest replica's), then to the replica with the least
-                  program load (a shared prefix is cheap to compute once more, a replica with too
-                  many programs is slow for all of their turns). Program load
-                  counts the programs homed on a replica, paused ones included: a program waiting
-                  on a tool comes back, which request-level load cannot see. A program moves only
+                  overloaded (its context load reaches `overload_factor` x the mean and one
+                  average program above the idlest replica's), then to the replica with the least
+                  context load (a shared prefix is cheap to compute once more, a replica whose KV
+                  is oversubscribed recomputes for all of its programs). Context load is the KV
+                  the programs homed on a replica hold, paused ones included: each program's
+                  latest context, in the request's size unit (tokens, or characters for chat); a
+                  program waiting on a tool comes back, which request-level load cannot see, and
+                  an old program's long context weighs more than a new one's. A program moves only
                   when its home dies or, between its turns, when its home's load exceeds
                   `move_factor` x the mean and the idlest by `move_abs`; its KV is then recomputed
                   on the new replica.
@@ -47,8 +49,8 @@ class RouterConfig:
     balance_abs_threshold: int = 64       # prefix: SGLang --balance-abs-threshold
     balance_rel_threshold: float = 1.5    # prefix: SGLang --balance-rel-threshold
     index_blocks: int = 1 << 16           # blocks each replica's approximate index keeps (LRU)
-    overload_factor: float = 1.1          # program: a new program skips its prefix's replica when that one is
-    overload_abs: float = 1.0             # above this x the mean AND this many programs above the idlest
+    overload_factor: float = 1.1          # program: a new program skips its prefix's replica when that one's
+    overload_abs: float = 1.0             # context load is above this x the mean AND this many mean programs above the idlest
     move_factor: float = 2.0              # program: move between turns only above this x mean load
     move_abs: float = 4.0                 # ... and this many programs above the idlest replica
 
@@ -69,6 +71,7 @@ class ReplicaLoad:
     alive: bool
     inflight: int
     programs: int
+    context_tokens: int                   # the latest context of each program homed there, summed
     routed_requests: int
     routed_tokens: int
     index_blocks: int
@@ -111,6 +114,7 @@ class _Replica:
     alive: bool = True
     inflight: int = 0
     programs: set[str] = field(default_factory=set)
+    context_tokens: int = 0
     routed_requests: int = 0
     routed_tokens: int = 0
 
@@ -123,6 +127,7 @@ class _Replica:
 class _Program:
     home: str
     inflight: int = 0
+    tokens: int = 0                       # its latest request's size, counted in its home's context_tokens
 
 
 def token_blocks(token_ids: Sequence[int], block_size: int = 16) -> list[int]:
@@ -175,6 +180,7 @@ class Router:
         rep.alive, orphans = False, sorted(rep.programs)
         rep.index.clear()
         rep.programs.clear()
+        rep.context_tokens = 0
         rep.inflight = 0
         return orphans
 
@@ -190,8 +196,8 @@ class Router:
         return prog.home if prog is not None else None
 
     def loads(self) -> list[ReplicaLoad]:
-        return [ReplicaLoad(r.name, r.alive, r.inflight, r.program_load, r.routed_requests, r.routed_tokens,
-                            len(r.index)) for r in self._replicas.values()]
+        return [ReplicaLoad(r.name, r.alive, r.inflight, r.program_load, r.context_tokens, r.routed_requests,
+                            r.routed_tokens, len(r.index)) for r in self._replicas.values()]
 
     # ---------------------------------------------------------------- requests
     def route(self, program_id: str | None, blocks: Sequence[int] = (), tokens: int = 0) -> Decision:
@@ -208,7 +214,7 @@ class Router:
         rep.routed_requests += 1
         rep.routed_tokens += tokens
         rep.index.insert(blocks)
-        previous = self._track(program_id, rep) if program_id is not None else None
+        previous = self._track(program_id, rep, tokens) if program_id is not None else None
         return Decision(rep.name, reason, matched, len(blocks), previous)
 
     def done(self, decision: Decision, program_id: str | None = None, *, ended: bool = False) -> None:
@@ -224,18 +230,29 @@ class Router:
     def end_program(self, program_id: str) -> None:
         prog = self._programs.pop(program_id, None)
         if prog is not None:
-            self._replicas[prog.home].programs.discard(program_id)
+            self._unhome(prog, program_id)
 
-    def _track(self, program_id: str, rep: _Replica) -> str | None:
-        """Home the program on `rep`; returns its previous home if it had another."""
+    def _unhome(self, prog: _Program, program_id: str) -> None:
+        home = self._replicas[prog.home]
+        if program_id in home.programs:
+            home.programs.discard(program_id)
+            home.context_tokens -= prog.tokens
+
+    def _track(self, program_id: str, rep: _Replica, tokens: int) -> str | None:
+        """Home the program on `rep` with a context of `tokens`; returns its previous home if it
+        had another."""
         prog, previous = self._programs.get(program_id), None
         if prog is None:
             prog = self._programs[program_id] = _Program(rep.name)
         elif prog.home != rep.name:
             previous = prog.home
-            self._replicas[prog.home].programs.discard(program_id)
+            self._unhome(prog, program_id)
             prog.home = rep.name
+        if program_id in rep.programs:
+            rep.context_tokens -= prog.tokens
         rep.programs.add(program_id)
+        rep.context_tokens += tokens
+        prog.tokens = tokens
         prog.inflight += 1
         return previous
 
@@ -269,27 +286,29 @@ class Router:
             home = self._replicas[prog.home]
             if not home.alive:
                 self.failovers += 1
-                rep = self._least_program_load(live)
+                rep = self._least_context_load(live)
                 return rep, "failover", rep.index.match(blocks)
             if prog.inflight or not self._overloaded(home, live):
                 return home, "affinity", home.index.match(blocks)
             self.moves += 1
-            rep = self._least_program_load(live)
+            rep = self._least_context_load(live)
             return rep, "moved", rep.index.match(blocks)
         return self._place(live, blocks)
 
     def _place(self, live: list[_Replica], blocks: Sequence[int]) -> tuple[_Replica, str, int]:
-        """A new program: where its prefix is cached unless that replica is overloaded."""
+        """A new program: where its prefix is cached unless that replica's context load is high."""
         c = self.config
-        loads = [r.program_load for r in live]
-        bound = max(min(loads) + c.overload_abs, c.overload_factor * sum(loads) / len(loads))
+        loads = [r.context_tokens for r in live]
+        programs = sum(r.program_load for r in live)
+        per_program = sum(loads) / programs if programs else 0.0
+        bound = max(min(loads) + c.overload_abs * per_program, c.overload_factor * sum(loads) / len(loads))
         matches = [(r.index.match(blocks), r) for r in live]
         best = max(m for m, _ in matches)
         if blocks and best / len(blocks) >= c.cache_threshold:
-            holders = [r for m, r in matches if m == best and r.program_load < bound]
+            holders = [r for m, r in matches if m == best and (r.context_tokens < bound or not programs)]
             if holders:
-                return self._least_program_load(holders), "prefix", best
-        rep = self._least_program_load(live)
+                return self._least_context_load(holders), "prefix", best
+        rep = self._least_context_load(live)
         return rep, "placed", rep.index.match(blocks)
 
     def _overloaded(self, home: _Replica, live: list[_Replica]) -> bool:
@@ -299,8 +318,8 @@ class Router:
         return home.program_load > c.move_factor * mean and home.program_load - min(loads) > c.move_abs
 
     @staticmethod
-    def _least_program_load(candidates: Iterable[_Replica]) -> _Replica:
-        return min(candidates, key=lambda r: (r.program_load, r.inflight, r.routed_tokens))
+    def _least_context_load(candidates: Iterable[_Replica]) -> _Replica:
+        return min(candidates, key=lambda r: (r.context_tokens, r.program_load, r.inflight))
 
 
 class NoReplicaError(RuntimeError):
