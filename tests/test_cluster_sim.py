@@ -59,3 +59,32 @@ def test_program_routing_keeps_context_that_round_robin_recomputes(loaded):
     table = {name: medians([run]) for name, run in runs.items()}
     assert {t["target"] for t in targets(table)} >= {"program mean JCT >= 2.0x round-robin",
                                                      "program: no replica above 1.5x the mean load"}
+
+
+def test_a_host_tier_per_replica_turns_evictions_into_loads(loaded):
+    """`--kv-host-tokens`: each simulated replica gets a host tier, so a context evicted from a
+    small device tier comes back from host memory instead of being computed again."""
+    shape = SweShape(programs=8, rate=4.0, seed=5, scale=0.1, min_turns=6, max_turns=8)
+    episodes = token_episodes(shape)
+    runs = {host: sim_run(episodes, "program", 2, PROFILE, 1, loaded=loaded, kv_tokens=1536, host_tokens=host)
+            for host in (0, 65536)}
+    without, with_host = runs[0].figures(), runs[65536].figures()
+    assert without["programs"] == with_host["programs"] == 8
+    assert with_host["prefill_tokens"] < without["prefill_tokens"] - 256     # contexts came back, not recomputed
+    assert with_host["hit_rate"] > without["hit_rate"]
+
+
+def test_bench_cluster_cli_passes_the_host_tier_and_prints_targets():
+    import json
+
+    from typer.testing import CliRunner
+
+    from agentrt.cli import app
+    result = CliRunner().invoke(app, ["bench", "cluster", "--sim", "h100x4-llama3-70b", "--replicas", "2",
+                                      "--programs", "3", "--scale", "0.05", "--min-turns", "2", "--max-turns", "3",
+                                      "--kv-device-tokens", "2048", "--kv-host-tokens", "8192", "--routers",
+                                      "program,round-robin", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    obj = json.loads(result.stdout)
+    assert obj["settings"]["kv_host_tokens"] == 8192 and set(obj["routers"]) == {"program", "round-robin"}
+    assert any(t["target"].startswith("program mean JCT >= 2.0x round-robin") for t in obj["targets"])
