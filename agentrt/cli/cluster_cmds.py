@@ -159,7 +159,8 @@ def bench_cluster(
            "targets": targets(table), "workload": summary(episodes),
            "settings": {"programs": programs, "rate": rate, "scale": scale, "time_scale": time_scale,
                         "min_turns": min_turns, "max_turns": max_turns, "kv_device_tokens": kv_tokens,
-                        "kv_host_tokens": host_tokens, "policy": policy, "threads": threads, "runs": runs, "seed": seed},
+                        "kv_host_tokens": host_tokens, "policy": policy, "threads": threads, "runs": runs,
+                        "seed": seed},
            "errors": [e for rs in results.values() for r in rs for e in r.errors][:20]}
     if save is not None:
         save.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")

@@ -49,8 +49,8 @@ class RouterConfig:
     balance_abs_threshold: int = 64       # prefix: SGLang --balance-abs-threshold
     balance_rel_threshold: float = 1.5    # prefix: SGLang --balance-rel-threshold
     index_blocks: int = 1 << 16           # blocks each replica's approximate index keeps (LRU)
-    overload_factor: float = 1.1          # program: a new program skips its prefix's replica when that one's
-    overload_abs: float = 1.0             # context load is above this x the mean AND this many mean programs above the idlest
+    overload_factor: float = 1.1          # program: a new program skips its prefix's replica when its context
+    overload_abs: float = 1.0             # load is above this x the mean AND this many mean programs above the idlest's
     move_factor: float = 2.0              # program: move between turns only above this x mean load
     move_abs: float = 4.0                 # ... and this many programs above the idlest replica
 
