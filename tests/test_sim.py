@@ -35,8 +35,8 @@ def test_the_clock_moves_by_the_profile_for_every_step_shape(tiny_loaded):
     assert [o.token_ids for o in outs] == [[97] * 5, [97] * 5]
     expected = sum(PROFILE.step_seconds(*s) for s in shapes)
     assert engine.clock.now() == pytest.approx(expected)
-    assert shapes[0] == (64, 0, 64 * 65 // 2)                       # a first chunk of 64 fresh tokens
-    assert any(d == 2 and p == 0 for p, d, _ in shapes)             # decode steps of both
+    assert shapes[0] == (64, 0, 64 * 65 // 2, 0, 0)                 # a first chunk of 64 fresh tokens
+    assert (2, 1, 59, 101, 101) in shapes and (0, 2, 0, 102 + 31, 102) in shapes   # decode reads its context
     assert outs[0].metrics["latency_s"] <= engine.clock.now()
 
 
@@ -51,21 +51,22 @@ def test_profiles_on_disk_name_their_source():
 
 def test_the_fit_recovers_known_coefficients_and_drops_a_negative_term():
     rng = np.random.default_rng(0)
-    truth = {"base_s": 0.02, "prefill_token_s": 5e-4, "decode_seq_s": 3e-3, "context_token_s": 2e-7}
+    truth = {"base_s": 0.02, "prefill_token_s": 5e-4, "decode_seq_s": 3e-3, "context_token_s": 2e-7,
+             "decode_context_token_s": 1.2e-5}
     points = []
     for i in range(80):                         # as the calibration measures: decode-only steps and prefill chunks
         if i % 2:
-            p, d, c = 0, int(rng.integers(1, 33)), int(rng.integers(100, 30000))
+            p, d, c, cd = 0, int(rng.integers(1, 33)), 0, int(rng.integers(100, 30000))
         else:
-            p, d, c = int(rng.integers(16, 2048)), 0, int(rng.integers(0, 200000))
-        s = truth["base_s"] + truth["prefill_token_s"] * p + truth["decode_seq_s"] * d + truth["context_token_s"] * c
-        points.append(((p, d, c), s * (1 + rng.normal(0, 0.01))))
+            p, d, c, cd = int(rng.integers(16, 2048)), 0, int(rng.integers(0, 200000)), 0
+        s = StepProfile("t", "truth", **truth).step_seconds(p, d, c, cd)
+        points.append(((p, d, c, cd), s * (1 + rng.normal(0, 0.01))))
     values, details = fit(points)
     for k, v in truth.items():
         assert values[k] == pytest.approx(v, rel=0.1), k
     assert details["median_abs_rel_error"] < 0.02
     # steps that get faster with context: that term cannot be negative, it goes
-    values, _ = fit([((100, 0, c), 0.05 - 1e-7 * c) for c in range(0, 100000, 5000)])
+    values, _ = fit([((100, 0, c, 0), 0.05 - 1e-7 * c) for c in range(0, 100000, 5000)])
     assert values["context_token_s"] == 0.0 and min(values.values()) >= 0.0
 
 

@@ -109,7 +109,7 @@ def test_bench_swe_agent_on_the_simulated_backend():
     assert report["workload"] == "swe_agent" and report["settings"]["turns"] == "3-4"
     assert list(report["policies"]) == ["lru", "lru+host", "agentrt"]
     assert report["policies"]["lru"]["median"]["host_loaded_blocks"] == 0
-    assert {t["baseline"] for t in report["targets"]} >= {"lru", "lru+host"}
+    assert {t["baseline"] for t in report["targets"]} >= {"lru", "continuum", "kvflow", "belady"}   # section 3's
     assert all(e["median"]["failed"] == 0 for e in report["policies"].values())
     bad = CliRunner().invoke(app, ["bench", "workflows", "-w", "swe_agent", "--turns", "9-3",
                                    "--model", "tiny-random-llama"])

@@ -4,8 +4,10 @@ step-time model to it (a `cpu` profile).
 Method: batches of known shape run on the real engine (decode-only steps at several batch sizes
 and contexts; prefill chunks of several sizes, fresh and after cached context); every step's
 wall time is paired with its shape as the scheduler published it (an observer); least squares
-fits step = a + b * prefill tokens + c * decode sequences + d * context tokens read, with no
-coefficient below zero (a negative one is dropped and the rest refitted). The profile records
+fits step = a + b * prefill tokens + c * decode sequences + d * context tokens prefill reads +
+e * context tokens decode reads, with no coefficient below zero (a negative one is dropped and
+the rest refitted). The fit minimizes relative error (rows weighted by 1 / seconds): a 100 ms decode
+step counts as much as a 5 s prefill, as the workloads it predicts are mostly decode steps. The profile records
 every point and the fit's residuals, so how well the model fits is in the file itself.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from agentrt.engine.observe import EngineObserver
 from agentrt.engine.params import SamplingParams
 from agentrt.engine.sim import StepProfile, batch_shape
 
-TERMS = ("base_s", "prefill_token_s", "decode_seq_s", "context_token_s")
+TERMS = ("base_s", "prefill_token_s", "decode_seq_s", "context_token_s", "decode_context_token_s")
 DECODE_CASES = [(b, c) for b in (1, 4, 16, 32) for c in (128, 768)] + [(1, 3072), (4, 3072), (16, 3072)]
 PREFILL_CHUNKS = (64, 256, 1024, 2048)
 CONTEXTS_BEFORE = (1024, 3072)          # prefill chunks after this much cached context
@@ -30,10 +32,10 @@ CONTEXTS_BEFORE = (1024, 3072)          # prefill chunks after this much cached 
 
 class _Shapes(EngineObserver):
     def __init__(self) -> None:
-        self.last: tuple[int, int, int] | None = None
+        self.last: tuple[int, int, int, int] | None = None
 
     def on_step(self, batch, in_use: int) -> None:
-        self.last = batch_shape(batch)
+        self.last = batch_shape(batch)[:4]        # every row of a decode case has the same context
 
 
 def _prompt(i: int, n: int, vocab: int) -> list[int]:
@@ -43,7 +45,7 @@ def _prompt(i: int, n: int, vocab: int) -> list[int]:
 def measure(loaded: LoadedModel, *, threads: int, dtype: str = "auto", log: Callable[[str], None] = print
             ) -> list[tuple[tuple[int, int, int], float]]:
     """(shape, seconds) of every measured step."""
-    points: list[tuple[tuple[int, int, int], float]] = []
+    points: list[tuple[tuple[int, int, int, int], float]] = []
     vocab = loaded.config.vocab_size
     cases = [("decode", b, c, 0) for b, c in DECODE_CASES] + [("prefill", 1, n, 0) for n in PREFILL_CHUNKS] + \
             [("prefill-after-context", 1, n, ctx) for ctx in CONTEXTS_BEFORE for n in PREFILL_CHUNKS[:3]]
@@ -79,13 +81,14 @@ def measure(loaded: LoadedModel, *, threads: int, dtype: str = "auto", log: Call
     return points
 
 
-def fit(points: list[tuple[tuple[int, int, int], float]]) -> tuple[dict[str, float], dict]:
-    """Non-negative least squares over the four terms (by dropping negative ones)."""
-    x = np.array([[1.0, p, d, c] for (p, d, c), _ in points])
+def fit(points: list[tuple[tuple[int, int, int, int], float]]) -> tuple[dict[str, float], dict]:
+    """Non-negative least squares over the five terms (by dropping negative ones), in relative error."""
+    x = np.array([[1.0, *shape] for shape, _ in points], dtype=float)
     y = np.array([s for _, s in points])
+    w = 1.0 / y
     active = list(range(len(TERMS)))
     while True:
-        coef, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
+        coef, *_ = np.linalg.lstsq(x[:, active] * w[:, None], y * w, rcond=None)
         if (coef >= 0).all() or len(active) == 1:
             break
         active.pop(int(np.argmin(coef)))
@@ -104,4 +107,4 @@ def calibrate(loaded: LoadedModel, *, threads: int, dtype: str, name: str, machi
     values, details = fit(points)
     return StepProfile(name=name, source=f"agentrt bench calibrate on this machine ({machine}; {loaded.name}, "
                                          f"{dtype}, {threads} threads)", block_bytes=block_bytes, fit=details,
-                       host_bytes_per_s=10e9, **values)
+                       host_bytes_per_s=10e9, decode_padded=True, **values)   # the torch path pads decode rows

@@ -5,7 +5,8 @@ tested on hand-made numbers.
 Conventions:
 * JCT ratio "a vs b" = b's mean JCT / a's mean JCT: > 1 means `a` finishes programs faster.
 * Bélády ratio = the policy's recomputed blocks / Bélády MIN's recomputed blocks on the policy's
-  own recorded access log at the same capacity, less what running requests held as unfinished KV at
+  own recorded access log at the same capacity (device tier plus host tier, when the policy runs
+  with one: a block either tier holds is not recomputed), less what running requests held as unfinished KV at
   each access, and unable to evict a block a running request holds (None when MIN recomputes
   nothing: printed "=" when the policy does not either, "∞" when it does).
 * Recomputed = a full block computed again after it was evicted (the pool's
@@ -61,6 +62,7 @@ class RunRecord:
     timeline: list[tuple] = field(default_factory=list, repr=False)   # for plots: (kind, program, t0, t1, n)
     compute_s: float = 0.0        # the runner's time over all steps (engine clock: virtual on the simulator)
     policy_s: float = 0.0         # wall time in the scheduler's own decisions (agentrt.sched.meter)
+    floor_jct_s: float | None = None   # the no-contention floor's mean JCT (agentrt.bench.floor; simulated runs)
 
 
 def belady_recomputes(access_log: Sequence[Hashable], capacity_blocks: int,
@@ -109,7 +111,25 @@ def run_figures(run: RunRecord) -> dict[str, Any]:
         "working_set_tokens": run.distinct_blocks * run.block_size, "steps": run.steps,
         "step_ms": round(1000 * run.compute_s / run.steps, 3) if run.steps else 0.0,
         "policy_ms_per_step": round(1000 * run.policy_s / run.steps, 4) if run.steps else 0.0,
+        "jct_growth": jct_growth(progs),
+        "floor_mean_jct_s": None if run.floor_jct_s is None else round(run.floor_jct_s, 4),
     }
+
+
+GROWTH_SUSTAINED = 1.5      # a queue that keeps up: the last arrivals wait at most this much longer
+
+
+def jct_growth(programs: Sequence[ProgramRecord]) -> float | None:
+    """Whether the run kept up with its arrivals: the mean JCT of the last fifth of programs to
+    arrive over that of the second fifth (the first is the warm-up). A backlog that grows makes it
+    grow; None under 10 programs or when a fifth did not finish."""
+    done = sorted((p for p in programs if p.status == "done"), key=lambda p: p.arrival_s)
+    fifth = len(done) // 5
+    if len(programs) < 10 or len(done) < len(programs) or not fifth:
+        return None
+    second = statistics.fmean(p.jct_s for p in done[fifth:2 * fifth])
+    last = statistics.fmean(p.jct_s for p in done[-fifth:])
+    return round(last / second, 4) if second > 0 else None
 
 
 def median_figures(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -179,6 +199,9 @@ TARGETS: dict[str, tuple[Target, ...]] = {
     # issue 10, section 3: KVFlow-shaped pipelines at scale (simulated)
     "agent_pipeline": (Target("agentrt", "lru", 2.5), Target("agentrt", "kvflow", 1.3), Target("agentrt", "continuum", 1.3),
                        Target("agentrt", "belady", 1.15), Target("agentrt", "lru", 1.0, metric="p95_jct_s")),
+    # issue 10, section 3: SWE-agent episodes at the papers' scale (simulated; read at the heaviest rate lru sustains)
+    "swe_agent@sim": (Target("agentrt", "lru", 2.5), Target("agentrt", "continuum", 1.3), Target("agentrt", "kvflow", 1.3),
+                      Target("agentrt", "belady", 1.15), Target("agentrt", "lru", 1.0, metric="p95_jct_s")),
     # issue 10, section 2: long-context agents on the real engine
     "swe_agent": (Target("agentrt", "lru", 1.5), *(Target("agentrt", p, 1.0, strict=True)
                                                   for p in ("lru+host", "continuum", "continuum-ttl", "kvflow")),
@@ -236,6 +259,7 @@ class Probe(AccessRecorder):
         self.compute_s = 0.0
         self.meter = PolicyMeter()
         self.timeline: list[tuple] = []
+        self.calls: dict[str, list[tuple[int, int]]] = defaultdict(list)   # per program: (prompt, output) tokens
         self._llm: dict[str, float] = {}
         self._tool: dict[tuple, deque] = defaultdict(deque)
         self._pin: dict[str, tuple[float, float]] = {}
@@ -284,6 +308,7 @@ class Probe(AccessRecorder):
         elif kind == "llm_end":
             started = self._llm.pop(data["request_id"], t)
             self.timeline.append(("llm", pid, started, t, data["tokens_in"] + data["tokens_out"]))
+            self.calls[pid].append((data["tokens_in"], data["tokens_out"]))
         elif kind == "tool_start":
             self._tool[(pid, data["tool"])].append(t)
             until = self.scheduler.pinned_until(pid) if self.scheduler is not None else None

@@ -129,13 +129,23 @@ class Harness:
             drive = workload.drive(engine, base, probe, warmup, options)
             records, wall = asyncio.run(drive) if self.profile is None else run_virtual(drive, engine.clock)
         stats = engine.stats()
-        belady_blocks, distinct = belady_recomputes(probe.access_log, stats["num_blocks"], probe.access_room,
+        # MIN with the tiers this policy has: with a host tier, a block either tier holds is not recomputed
+        host_blocks = stats["host_blocks"]
+        rooms = [r + host_blocks for r in probe.access_room] if host_blocks else probe.access_room
+        belady_blocks, distinct = belady_recomputes(probe.access_log, stats["num_blocks"] + host_blocks, rooms,
                                                     probe.release_log)
         return RunRecord(policy, run, wall, sorted(records, key=lambda r: r.arrival_s), stats["block_size"],
                          stats["num_blocks"], stats["recomputed_blocks"], stats["evicted_blocks"],
                          probe.preemptions, probe.peak_blocks, stats["steps"], belady_blocks, distinct,
                          len(probe.access_log), stats["loaded_blocks"], probe.finish(), probe.compute_s,
-                         probe.meter.total_s)
+                         probe.meter.total_s, self._floor(workload, probe))
+
+    def _floor(self, workload: Workload, probe: Probe) -> float | None:
+        """The run's no-contention floor (a simulated conversation workload only: it needs the profile)."""
+        if self.profile is None or workload.conversation_pauses is None:
+            return None
+        from agentrt.bench.floor import run_floor_s
+        return run_floor_s(self.profile, probe.calls, workload.conversation_pauses)
 
 
 @dataclass

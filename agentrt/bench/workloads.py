@@ -55,6 +55,8 @@ class Workload:
     notes: list[str] = field(default_factory=list)
     known_working_set_tokens: int | None = None     # replay: computed from the trace (warm-up only warms)
     known_longest_request: int | None = None
+    # each program is one growing conversation (agentrt.bench.floor holds): its tool pauses, by program id
+    conversation_pauses: dict[str, list[float]] | None = None
 
 
 # ------------------------------------------------------------------------------------------ workflows
@@ -206,4 +208,5 @@ def swe_workload(shape) -> Workload:
                 f"~{facts['mean_context_tokens']:,.0f} words of final context, up to {facts['max_context_tokens']:,})")
     drive = program_driver(module.build(shape=shape).compile(), inputs, [p.arrival_s for p in episodes],
                            ids=[p.program_id for p in episodes])
-    return Workload("swe_agent", len(episodes), describe, drive, notes)
+    pauses = {p.program_id: [t.tool_seconds for t in p.turns] for p in episodes}
+    return Workload("swe_agent", len(episodes), describe, drive, notes, conversation_pauses=pauses)

@@ -2,8 +2,9 @@
 by a step-time model and returns a token per sampling row; the engine's scheduler, block pool,
 tiers and every policy above it run as they do on the real model.
 
-Step time = a + b * prefill tokens + c * decode sequences + d * context tokens read by attention
-(the prefix each scheduled token attends to), from a `StepProfile`: a data file under
+Step time = a + b * prefill tokens + c * decode sequences + d * context tokens prefill tokens read
++ e * context tokens decode sequences read (the prefix each scheduled token attends to; a CPU reads
+a decode's context far slower than a prefill's, so the two have their own terms), from a `StepProfile`: a data file under
 agentrt/engine/profiles/ naming its source (a calibration of this machine's engine, or a
 published fit). Host-tier copies take block bytes over the profile's link bandwidth.
 
@@ -31,7 +32,11 @@ class StepProfile:
     base_s: float                      # a: per step
     prefill_token_s: float             # b: per prefill token
     decode_seq_s: float                # c: per decode sequence
-    context_token_s: float = 0.0       # d: per context token attention reads (prefill and decode)
+    context_token_s: float = 0.0       # d: per context token a prefill token's attention reads
+    decode_context_token_s: float | None = None   # e: per context token a decode sequence reads (None: d)
+    # the engine pads a decode batch to its longest context (the torch CPU path gathers every row's
+    # blocks into one dense tensor): e is paid on decode sequences x the longest, not on their sum
+    decode_padded: bool = False
     host_bytes_per_s: float = 10e9     # host <-> device copies
     block_bytes: int = 0               # one KV block over all layers (0: from kv_bytes_per_token)
     kv_bytes_per_token: int = 0        # the simulated model's KV per token (0: the loaded model's)
@@ -39,9 +44,15 @@ class StepProfile:
     max_model_len: int | None = None   # the simulated model's context (None: the loaded model's)
     fit: dict[str, Any] | None = None  # calibration details: points, residuals
 
-    def step_seconds(self, prefill_tokens: int, decode_seqs: int, context_tokens: int) -> float:
+    @property
+    def decode_context_s(self) -> float:
+        return self.context_token_s if self.decode_context_token_s is None else self.decode_context_token_s
+
+    def step_seconds(self, prefill_tokens: int, decode_seqs: int, context_tokens: int,
+                     decode_context_tokens: int = 0, decode_longest: int = 0) -> float:
+        read = decode_seqs * decode_longest if self.decode_padded else decode_context_tokens
         return (self.base_s + self.prefill_token_s * prefill_tokens + self.decode_seq_s * decode_seqs
-                + self.context_token_s * context_tokens)
+                + self.context_token_s * context_tokens + self.decode_context_s * read)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -67,16 +78,19 @@ def load_profile(name_or_path: str | Path) -> StepProfile:
     return StepProfile(**{k: v for k, v in data.items() if k in known})
 
 
-def batch_shape(batch) -> tuple[int, int, int]:
-    """(prefill tokens, decode sequences, context tokens read) of a scheduled batch."""
-    prefill = decode = context = 0
+def batch_shape(batch) -> tuple[int, int, int, int, int]:
+    """(prefill tokens, decode sequences, context tokens prefill reads, context tokens decode reads,
+    the longest context a decode sequence reads) of a scheduled batch."""
+    prefill = decode = context = decode_context = longest = 0
     for req, n in zip(batch.requests, batch.num_new_tokens):
         if n == 1 and req.num_computed_tokens >= req.num_prompt_tokens:
             decode += 1
+            decode_context += req.num_computed_tokens + 1
+            longest = max(longest, req.num_computed_tokens + 1)
         else:
             prefill += n
-        context += n * req.num_computed_tokens + n * (n + 1) // 2
-    return prefill, decode, context
+            context += n * req.num_computed_tokens + n * (n + 1) // 2
+    return prefill, decode, context, decode_context, longest
 
 
 class SimRunner:
