@@ -70,10 +70,11 @@ class _JumpingSelector(selectors.DefaultSelector):
     def __init__(self, clock: VirtualClock):
         super().__init__()
         self._clock = clock
+        self.in_threads = 0                     # executor work the loop waits for (it must not jump past it)
 
     def select(self, timeout: float | None = None):
-        if timeout is None:                     # no timer at all: only a thread or a socket can wake us
-            return super().select(None)
+        if timeout is None or self.in_threads:  # only a thread or a socket can wake us: wait, clock still
+            return super().select(None if timeout is None or timeout > 0 else 0)
         events = super().select(0)
         if not events and timeout > 0:
             self._clock.advance(timeout)
@@ -82,14 +83,26 @@ class _JumpingSelector(selectors.DefaultSelector):
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An asyncio loop whose time is `clock`'s. With nothing ready it moves the clock to the next
-    timer. Work in other threads (`asyncio.to_thread`) takes no virtual time."""
+    timer. Work in other threads (`asyncio.to_thread`) takes no virtual time, and the clock waits for it."""
 
     def __init__(self, clock: VirtualClock):
         self._clock = clock
-        super().__init__(_JumpingSelector(clock))
+        self._jumping = _JumpingSelector(clock)
+        super().__init__(self._jumping)
 
     def time(self) -> float:
         return self._clock.now()
+
+    def run_in_executor(self, executor, func, *args):
+        """While a thread works (`asyncio.to_thread`), time stands still: the clock jumps only when
+        nothing but timers is left, so a run does not depend on how fast its threads are."""
+        future = super().run_in_executor(executor, func, *args)
+        self._jumping.in_threads += 1
+        future.add_done_callback(self._thread_done)
+        return future
+
+    def _thread_done(self, _future) -> None:
+        self._jumping.in_threads -= 1
 
 
 def run_virtual(main, clock: VirtualClock | None = None):

@@ -151,6 +151,22 @@ def test_bench_agent_pipeline_shares_every_agents_fixed_prompt_across_programs()
     assert {t["baseline"] for t in report["targets"]} >= {"lru", "kvflow", "belady"}
 
 
+def test_pipelines_of_several_kinds_have_agents_prompts_of_their_own():
+    def run(kinds: str) -> dict:
+        result = CliRunner().invoke(app, ["bench", "workflows", "-w", "agent_pipeline", "--model", "tiny-random-llama",
+                                          "--sim", "h100-llama3-8b", "--programs", "4", "--scale", "0.05", "--rounds",
+                                          "3", "--runs", "1", "--policies", "kvflow", "--output-tokens", "8",
+                                          "--pipelines", kinds, "--kv-device-tokens", "8192", "--threads", "1",
+                                          "--no-warmup", "--json"], catch_exceptions=False)
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)
+    one, two = run("1"), run("2")
+    m1, m2 = one["policies"]["kvflow"]["median"], two["policies"]["kvflow"]["median"]
+    assert m1["llm_calls"] == m2["llm_calls"] == 4 * 3 and "2 kinds of pipeline" in two["describe"]
+    assert m2["working_set_tokens"] > m1["working_set_tokens"]       # a second set of agents' prompts
+    assert m2["prefix_hit_rate"] < m1["prefix_hit_rate"]
+
+
 def test_bench_rate_sweep_reports_every_rate_and_plots(tmp_path):
     png = tmp_path / "sweep.png"
     args = ["bench", "workflows", "-w", "swe_agent", "--model", "tiny-random-llama", "--sim", "h100-llama3-8b",
@@ -165,6 +181,22 @@ def test_bench_rate_sweep_reports_every_rate_and_plots(tmp_path):
     bad = CliRunner().invoke(app, ["bench", "workflows", "-w", "swe_agent", "--model", "tiny-random-llama",
                                    "--rates", "0,1"])
     assert bad.exit_code == 2 and "must be > 0" in bad.output + (bad.stderr or "")
+
+
+def test_a_simulated_sweep_in_two_processes_gives_the_same_figures():
+    args = ["bench", "workflows", "-w", "swe_agent", "--model", "tiny-random-llama", "--sim", "h100-llama3-8b",
+            "--programs", "3", "--scale", "0.01", "--turns", "2-3", "--rates", "0.5,2", "--runs", "1",
+            "--policies", "lru,agentrt", "--threads", "1", "--kv-device-tokens", "4096", "--json"]
+    sweeps = []
+    for jobs in ("1", "2"):
+        result = CliRunner().invoke(app, [*args, "--jobs", jobs], catch_exceptions=False)
+        assert result.exit_code == 0, result.stderr
+        sweeps.append(json.loads(result.stdout)["sweep"])
+    figures = [[{p: e["median"]["mean_jct_s"] for p, e in r["policies"].items()} for r in sweep] for sweep in sweeps]
+    assert figures[0] == figures[1] and [r["settings"]["rate"] for r in sweeps[1]] == [0.5, 2.0]
+    real = CliRunner().invoke(app, ["bench", "workflows", "-w", "swe_agent", "--model", "tiny-random-llama",
+                                    "--rates", "0.5,2", "--jobs", "2"])
+    assert real.exit_code == 2 and "needs the machine to itself" in real.output + (real.stderr or "")
 
 
 def test_fidelity_runs_a_real_report_again_on_the_simulator(tmp_path):

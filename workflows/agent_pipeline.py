@@ -40,19 +40,21 @@ def _fetch(seconds: float):
 
 
 def build(*, agents: int = 10, shared_tokens: int = 1000, agent_tokens: int = 2000, output_tokens: int = 64,
-          tool_seconds: float = 0.5) -> Workflow:
+          tool_seconds: float = 0.5, variant: int = 0) -> Workflow:
     """`agents` stages; every agent's system prompt is the shared prefix (`shared_tokens` words)
-    and then its own `agent_tokens` words; each turn writes exactly `output_tokens`."""
+    and then its own `agent_tokens` words; each turn writes exactly `output_tokens`. Pipelines of
+    another `variant` (another team doing another kind of job) share the prefix but not the agents'
+    own prompts."""
     if not 1 <= agents <= len(AGENTS):
         raise ValueError(f"agents: 1 to {len(AGENTS)}")
     shared = "You are one member of a team that works as a pipeline. " + text(random.Random(99), shared_tokens)
-    wf = Workflow("agent_pipeline", Job, output="handoff",
+    wf = Workflow("agent_pipeline" if not variant else f"agent_pipeline_{variant}", Job, output="handoff",
                   description=f"{agents} agents in a row, each with a fixed {agent_tokens}-word prompt after a "
                               f"{shared_tokens}-word shared prefix, a tool call between agents")
     fetch = _fetch(tool_seconds)
     names = AGENTS[:agents]
     for i, name in enumerate(names):
-        own = f"\nYour role: {name}. " + text(random.Random(i), agent_tokens)
+        own = f"\nYour role: {name}. " + text(random.Random(i + 1000 * variant), agent_tokens)
         agent = Agent(name, shared + own, params=SamplingParams(max_tokens=output_tokens, ignore_eos=True))
         wf.llm(name, agent, "{task}\nWhat the previous stage handed over: {handoff}", output="handoff")
         if i + 1 < len(names):

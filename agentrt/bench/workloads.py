@@ -86,9 +86,11 @@ def tool_latencies() -> tuple[list[float], str]:
 
 
 def workflow_workload(name: str, programs: int, rate: float, seed: int, *, output_tokens: int | None = None,
-                      rounds: int | None = None, speedup: float = 1.0, scale: float = 1.0) -> Workload:
+                      rounds: int | None = None, speedup: float = 1.0, scale: float = 1.0,
+                      pipelines: int = 1) -> Workload:
     """Many concurrent fixed-shape programs of `name` (research_team, coding_agent or
-    agent_pipeline: its prompt lengths times `scale`)."""
+    agent_pipeline: its prompt lengths times `scale`, `pipelines` kinds of pipeline with agents'
+    prompts of their own, program i of kind i mod `pipelines`)."""
     if name not in WORKLOADS:
         raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
     if programs < 1 or speedup <= 0:
@@ -107,12 +109,18 @@ def workflow_workload(name: str, programs: int, rate: float, seed: int, *, outpu
     elif name == "agent_pipeline":
         out, agents = output_tokens or 64, rounds or 10
         shared, own = round(1000 * scale), round(2000 * scale)
-        wf = module.build(agents=agents, shared_tokens=shared, agent_tokens=own, output_tokens=out,
-                          tool_seconds=0.5 / speedup)
+        if pipelines < 1:
+            raise ValueError(f"--pipelines must be >= 1, got {pipelines}")
+        kinds = [module.build(agents=agents, shared_tokens=shared, agent_tokens=own, output_tokens=out,
+                              tool_seconds=0.5 / speedup, variant=k).compile() for k in range(pipelines)]
         inputs = [{"task": f"Job {i}: {words(rng, round(200 * scale))}"} for i in range(programs)]
         pauses = {}
         describe = (f"{programs} agent_pipeline programs ({agents} agents, prompts of a {shared}-word shared prefix "
-                    f"+ {own} words each, {out} tokens per turn)")
+                    f"+ {own} words each, {out} tokens per turn" +
+                    (f"; {pipelines} kinds of pipeline, {pipelines * agents} agents' prompts)" if pipelines > 1
+                     else ")"))
+        drive = program_driver([kinds[i % pipelines] for i in range(programs)], inputs, arrivals)
+        return Workload(name, programs, describe, drive, notes)
     else:
         out, n_rounds = output_tokens or 32, rounds or 4
         latencies, source = tool_latencies()
@@ -136,9 +144,11 @@ def workflow_workload(name: str, programs: int, rate: float, seed: int, *, outpu
 
 def program_driver(compiled, inputs: list[dict], arrivals: list[float], *, before: Callable[[], None] | None = None,
                    ids: list[str] | None = None):
-    """`Workload.drive` for programs of one compiled workflow: program i (id `ids[i]`, else p{i})
-    arrives at `arrivals[i]` with `inputs[i]`; `before()` runs at the start of every run."""
+    """`Workload.drive` for programs of one compiled workflow (or a list: program i's own): program
+    i (id `ids[i]`, else p{i}) arrives at `arrivals[i]` with `inputs[i]`; `before()` runs at the
+    start of every run."""
     ids = ids or [f"p{i}" for i in range(len(inputs))]
+    graphs = compiled if isinstance(compiled, list) else [compiled] * len(inputs)
 
     async def drive(engine: LLMEngine, policy: str, probe: Probe, warmup: bool = False, options: dict | None = None):
         if before is not None:
@@ -159,7 +169,7 @@ def program_driver(compiled, inputs: list[dict], arrivals: list[float], *, befor
                 if delay > 0:
                     await asyncio.sleep(delay)
                 submitted = probe.now()
-                r = await rt.submit(compiled, inputs[i], program_id=ids[i]).result()
+                r = await rt.submit(graphs[i], inputs[i], program_id=ids[i]).result()
                 return ProgramRecord(r.program_id, r.status, submitted, r.jct, r.llm_calls, r.tokens_in,
                                      r.tokens_out, r.cached_tokens, r.error)
             records = await asyncio.gather(*(one(i) for i in range(len(inputs))))
@@ -189,7 +199,8 @@ def workload_from_settings(s: dict[str, Any]) -> Workload:
         lo, hi = parse_range(s.get("turns", "20-60"), "--turns")
         return swe_workload(SweShape(s["programs"], s["rate"], s["seed"], s.get("scale", 1.0), s["speedup"], lo, hi))
     return workflow_workload(s["workload"], s["programs"], s["rate"], s["seed"], output_tokens=s.get("output_tokens"),
-                             rounds=s.get("rounds"), speedup=s["speedup"], scale=s.get("scale", 1.0))
+                             rounds=s.get("rounds"), speedup=s["speedup"], scale=s.get("scale", 1.0),
+                             pipelines=s.get("pipelines", 1))
 
 
 def swe_workload(shape) -> Workload:

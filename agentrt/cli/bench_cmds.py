@@ -91,6 +91,8 @@ def bench_workflows(
     rounds: Annotated[int | None, typer.Option(min=1, help="coding_agent: loop rounds (4); research_team: "
                                                            "review rounds (1); agent_pipeline: agents (10)")] = None,
     speedup: Annotated[float, typer.Option(min=0.001, help="divide tool pauses by this")] = 1.0,
+    pipelines: Annotated[int, typer.Option(min=1, help="agent_pipeline: kinds of pipeline, each with its agents' "
+                                                       "own prompts (program i is of kind i mod this)")] = 1,
     scale: Annotated[float, typer.Option(min=0.001, help="swe_agent, agent_pipeline: multiply every token "
                                                          "length by this (0.125 suits a small CPU model)")] = 1.0,
     turns: Annotated[str, typer.Option(metavar="LO-HI", help="swe_agent: turns per program, drawn "
@@ -107,6 +109,9 @@ def bench_workflows(
     rates: Annotated[str | None, typer.Option(metavar="R1,R2,...", help="sweep these Poisson arrival rates "
                                               "(programs/s) instead of --rate: a table of mean JCT per rate, "
                                               "--plot draws JCT against rate (and the heaviest rate's timeline)")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="with --rates and --sim: simulate this many rates at once, "
+                                                  "one process each (the simulator is deterministic, so the "
+                                                  "figures are the same; real-engine runs need the machine alone)")] = 1,
     as_json: JsonOpt = False,
     plot: PlotOpt = None,
     save: SaveOpt = None,
@@ -118,6 +123,8 @@ def bench_workflows(
                 "rounds": rounds, "speedup": speedup, "seed": seed}
     if workload in (WorkloadName.swe_agent, WorkloadName.agent_pipeline):
         settings.update(scale=scale)
+    if workload is WorkloadName.agent_pipeline:
+        settings.update(pipelines=pipelines)
     if workload is WorkloadName.swe_agent:
         settings.update(turns=turns)
 
@@ -129,22 +136,31 @@ def bench_workflows(
         if rates is not None:
             from agentrt.bench.sweep import parse_rates
             sweep = parse_rates(rates)
+        if jobs > 1 and (sweep is None or sim is None):
+            raise ValueError("--jobs runs the rates of a simulated sweep at once: give --rates and --sim "
+                             "(a real-engine run needs the machine to itself)")
         work = workload_at(sweep[0] if sweep else rate)
-        harness, kv_device_tokens = _load_harness(model, dtype, threads, kv_host_tokens, max_num_seqs, program_order,
-                                                  max_programs, kv_device_tokens, kv_device_bytes, seed=seed,
-                                                  profile=sim, block_size=block_size)
+        build = dict(model=model, dtype=dtype, threads=threads, host_tokens=kv_host_tokens, max_num_seqs=max_num_seqs,
+                     order=program_order, max_programs=max_programs, device_tokens=kv_device_tokens,
+                     device_bytes=kv_device_bytes, seed=seed, profile=sim, block_size=block_size)
+        harness, kv_device_tokens = _load_harness(**build)
     if sweep is None:
         return _run("workflows", harness, work, names, runs, kv_device_tokens, kv_host_tokens, tier_fraction, warmup,
                     settings, as_json, plot, save)
-    reports = []
-    for i, r in enumerate(sweep):
-        err.print(f"[bold]rate {r:g} programs/s[/] ({i + 1}/{len(sweep)})")
-        with user_errors():
-            work = workload_at(r) if i else work
-        last = plot if i == len(sweep) - 1 else None      # the heaviest rate's timeline
-        timeline = last.with_name(f"{last.stem}-timeline-{r:g}{last.suffix}") if last else None
-        reports.append(_report("workflows", harness, work, names, runs, kv_device_tokens, kv_host_tokens,
-                               tier_fraction, warmup, {**settings, "rate": r}, timeline))
+    job = {"build": build, "names": names, "runs": runs, "kv_host_tokens": kv_host_tokens,
+           "tier_fraction": tier_fraction, "warmup": warmup, "settings": settings}
+    timelines = [plot.with_name(f"{plot.stem}-timeline-{r:g}{plot.suffix}") if plot and i == len(sweep) - 1 else None
+                 for i, r in enumerate(sweep)]                 # the heaviest rate's timeline
+    if jobs > 1:
+        reports = _sweep_in_processes(job, sweep, timelines, jobs)
+    else:
+        reports = []
+        for i, r in enumerate(sweep):
+            err.print(f"[bold]rate {r:g} programs/s[/] ({i + 1}/{len(sweep)})")
+            with user_errors():
+                work = workload_at(r) if i else work
+            reports.append(_report("workflows", harness, work, names, runs, kv_device_tokens, kv_host_tokens,
+                                   tier_fraction, warmup, {**settings, "rate": r}, timelines[i]))
     from agentrt.bench.sweep import plot_sweep, render_sweep
     if plot is not None:
         err.print(f"[dim]wrote {plot_sweep(reports, plot)}[/]")
@@ -153,6 +169,32 @@ def bench_workflows(
     if as_json:
         return emit_json({"sweep": reports})
     out.print(render_sweep(reports))
+
+
+def _sweep_rate(job: dict[str, Any], rate: float, timeline: Path | None) -> dict[str, Any]:
+    """One rate of a simulated sweep, in a worker process: its own harness, the same settings."""
+    from agentrt.bench.workloads import workload_from_settings
+    harness, device_tokens = _load_harness(**job["build"])
+    settings = {**job["settings"], "rate": rate}
+    return _report("workflows", harness, workload_from_settings(settings), job["names"], job["runs"], device_tokens,
+                   job["kv_host_tokens"], job["tier_fraction"], job["warmup"], settings, timeline)
+
+
+def _sweep_in_processes(job: dict[str, Any], sweep: list[float], timelines: list[Path | None],
+                        jobs: int) -> list[dict[str, Any]]:
+    """Every rate of a simulated sweep, `jobs` at a time (spawned processes: no torch state shared)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    reports: dict[float, dict[str, Any]] = {}
+    with ProcessPoolExecutor(max_workers=min(jobs, len(sweep)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_sweep_rate, job, r, t): r for r, t in zip(sweep, timelines)}
+        err.print(f"[bold]{len(sweep)} rates, {min(jobs, len(sweep))} at a time[/]")
+        for done in as_completed(futures):
+            r = futures[done]
+            with user_errors():
+                reports[r] = done.result()
+            err.print(f"[bold]rate {r:g} programs/s done[/] ({len(reports)}/{len(sweep)})")
+    return [reports[r] for r in sweep]
 
 
 @bench_app.command("replay", epilog="Examples: agentrt bench replay ../shared/workloads/tracelab_multi_session_large.csv "

@@ -102,6 +102,14 @@ class PrefetchWorker:
     def submit(self, plan: PrefetchPlan) -> None:
         with self._lock:
             self._plans.append(plan)
+            if getattr(self.runner, "prefetch_inline", False):    # the simulator: its copies take no time, and
+                self._running = True                                # a thread's timing would make runs differ
+                self._lock.release()
+                try:
+                    self._drain()
+                finally:
+                    self._lock.acquire()
+                return
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._drain, name="agentrt-prefetch", daemon=True).start()

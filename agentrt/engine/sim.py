@@ -95,6 +95,7 @@ def batch_shape(batch) -> tuple[int, int, int, int, int]:
 
 class SimRunner:
     """Implements agentrt.engine.backend.Runner on a virtual clock."""
+    prefetch_inline = True                 # prefetches complete where they are asked for (no thread)
 
     def __init__(self, layout: RunnerLayout, profile: StepProfile, clock: VirtualClock, *, token: int,
                  block_bytes: int):
