@@ -105,6 +105,15 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._jumping.in_threads -= 1
 
 
+async def run_sync(fn, *args, **kwargs):
+    """Call a blocking function from a coroutine: in a thread on the wall clock (a slow call must
+    not stall the loop), inline on a `VirtualTimeLoop` (it takes no virtual time, and nothing may
+    run beside it, or how fast the thread is would change what a simulated run does)."""
+    if isinstance(asyncio.get_running_loop(), VirtualTimeLoop):
+        return fn(*args, **kwargs)
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
 def run_virtual(main, clock: VirtualClock | None = None):
     """Run coroutine `main` on a fresh VirtualTimeLoop (on `clock`, or a new one from 0)."""
     loop = VirtualTimeLoop(clock or VirtualClock())

@@ -213,3 +213,26 @@ def test_the_runtime_reads_the_engines_clock(make_engine):
     rt = Runtime(make_engine(kv_cache_tokens=256))
     assert rt.clock is MONOTONIC
     asyncio.run(rt.close())
+
+
+def test_blocking_calls_run_inline_on_virtual_time_and_in_a_thread_on_the_wall_clock():
+    import threading
+
+    from agentrt.clock import VirtualClock, run_sync, run_virtual
+
+    async def where() -> tuple[str, float]:
+        name = await run_sync(lambda: threading.current_thread().name)
+        return name, asyncio.get_running_loop().time()
+
+    clock = VirtualClock()
+    name, now = run_virtual(where(), clock)
+    assert name == threading.current_thread().name and now == 0.0     # inline: no thread, no virtual time
+    assert asyncio.run(where())[0] != threading.current_thread().name
+
+    async def sleeps_beside_a_thread() -> float:           # a thread's work: the clock waits for it
+        timer = asyncio.ensure_future(asyncio.sleep(5.0))
+        await asyncio.to_thread(time.sleep, 0.05)
+        done = timer.done()
+        await timer
+        return done
+    assert run_virtual(sleeps_beside_a_thread(), VirtualClock()) is False
