@@ -221,3 +221,44 @@ def test_fidelity_runs_a_real_report_again_on_the_simulator(tmp_path):
     assert fid["met"] == (fid["max_abs_error"] <= 0.10 and fid["same_ranking"])
     bad = CliRunner().invoke(app, ["bench", "fidelity", str(tmp_path / "none.json")])
     assert bad.exit_code == 2 and "no such report" in bad.output + (bad.stderr or "")
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_parallel_sweep_stops_its_workers_too():
+    import os
+    import signal
+    import subprocess
+    import time
+    cmd = [sys.executable, "-m", "agentrt.cli", "bench", "workflows", "-w", "swe_agent", "--model", "tiny-random-llama",
+           "--sim", "h100-llama3-8b", "--programs", "400", "--scale", "0.01", "--turns", "20-30", "--rates", "0.5,1",
+           "--runs", "1", "--policies", "lru", "--threads", "1", "--kv-device-tokens", "4096", "--jobs", "2"]
+    parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+
+    def workers() -> list[int]:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent.pid)], capture_output=True, text=True).stdout
+        return [int(x) for x in out.split()]
+    try:
+        deadline = time.monotonic() + 90
+        while len(workers()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        children = workers()
+        assert len(children) >= 2, "the sweep never started its workers"
+        time.sleep(2.0)
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=30) != 0
+        deadline = time.monotonic() + 15
+        while any(os.path.exists(f"/proc/{c}") and "Z" not in _state(c) for c in children) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [c for c in children if os.path.exists(f"/proc/{c}") and "Z" not in _state(c)]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

@@ -30,7 +30,11 @@ MAX_TURNS = 60
 
 def episode_input(shape: SweShape, index: int = 0) -> dict:
     """Program `index` of `shape`'s episodes as this workflow's input."""
-    p = swe_programs(shape)[index]
+    return program_input(swe_programs(shape)[index])
+
+
+def program_input(p) -> dict:
+    """One episode (an agentrt.bench.swe.SweProgram) as this workflow's input."""
     return {"task": p.task, "plan": [(t.output_tokens, t.tool, t.tool_seconds, t.result_tokens) for t in p.turns]}
 
 

@@ -209,7 +209,7 @@ def swe_workload(shape) -> Workload:
     module = _workflow_module("swe_agent")
     episodes = swe_programs(shape)
     facts = summary(episodes)
-    inputs = [module.episode_input(shape, i) for i in range(len(episodes))]
+    inputs = [module.program_input(p) for p in episodes]
     notes = [tool_calls()[1] + (f", divided by {shape.time_scale:g}" if shape.time_scale != 1 else ""),
              f"arrivals: {'all at once' if shape.rate == 0 else f'Poisson, {shape.rate:g} programs/s (seed {shape.seed})'}",
              f"{facts['turns']} turns; {facts['calls_under_1s']:.0%} of tool calls under 1 s, "

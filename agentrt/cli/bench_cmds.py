@@ -152,7 +152,8 @@ def bench_workflows(
     timelines = [plot.with_name(f"{plot.stem}-timeline-{r:g}{plot.suffix}") if plot and i == len(sweep) - 1 else None
                  for i, r in enumerate(sweep)]                 # the heaviest rate's timeline
     if jobs > 1:
-        reports = _sweep_in_processes(job, sweep, timelines, jobs)
+        with user_errors():
+            reports = _sweep_in_processes(job, sweep, timelines, jobs, save)
     else:
         reports = []
         for i, r in enumerate(sweep):
@@ -171,29 +172,40 @@ def bench_workflows(
     out.print(render_sweep(reports))
 
 
-def _sweep_rate(job: dict[str, Any], rate: float, timeline: Path | None) -> dict[str, Any]:
+def _sweep_rate(task: tuple[dict[str, Any], float, Path | None]) -> tuple[float, dict[str, Any]]:
     """One rate of a simulated sweep, in a worker process: its own harness, the same settings."""
     from agentrt.bench.workloads import workload_from_settings
+    job, rate, timeline = task
     harness, device_tokens = _load_harness(**job["build"])
     settings = {**job["settings"], "rate": rate}
-    return _report("workflows", harness, workload_from_settings(settings), job["names"], job["runs"], device_tokens,
-                   job["kv_host_tokens"], job["tier_fraction"], job["warmup"], settings, timeline)
+    return rate, _report("workflows", harness, workload_from_settings(settings), job["names"], job["runs"],
+                         device_tokens, job["kv_host_tokens"], job["tier_fraction"], job["warmup"], settings, timeline)
 
 
 def _sweep_in_processes(job: dict[str, Any], sweep: list[float], timelines: list[Path | None],
-                        jobs: int) -> list[dict[str, Any]]:
-    """Every rate of a simulated sweep, `jobs` at a time (spawned processes: no torch state shared)."""
+                        jobs: int, save: Path | None) -> list[dict[str, Any]]:
+    """Every rate of a simulated sweep, `jobs` at a time (spawned processes: no torch state shared).
+    Ctrl-C or SIGTERM stops the workers too (the pool is terminated on the way out); with `save`,
+    the rates done so far are written as each one ends, so a stopped sweep keeps them."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import signal
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+    previous = signal.signal(signal.SIGTERM, stop)
     reports: dict[float, dict[str, Any]] = {}
-    with ProcessPoolExecutor(max_workers=min(jobs, len(sweep)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_sweep_rate, job, r, t): r for r, t in zip(sweep, timelines)}
-        err.print(f"[bold]{len(sweep)} rates, {min(jobs, len(sweep))} at a time[/]")
-        for done in as_completed(futures):
-            r = futures[done]
-            with user_errors():
-                reports[r] = done.result()
-            err.print(f"[bold]rate {r:g} programs/s done[/] ({len(reports)}/{len(sweep)})")
+    width = min(jobs, len(sweep))
+    try:
+        with multiprocessing.get_context("spawn").Pool(width) as pool:      # exiting terminates the workers
+            err.print(f"[bold]{len(sweep)} rates, {width} at a time[/]")
+            for r, report in pool.imap_unordered(_sweep_rate, [(job, r, t) for r, t in zip(sweep, timelines)]):
+                reports[r] = report
+                err.print(f"[bold]rate {r:g} programs/s done[/] ({len(reports)}/{len(sweep)})")
+                if save:
+                    done = [reports[x] for x in sweep if x in reports]
+                    save.write_text(json.dumps({"sweep": done}, indent=2, default=str) + "\n")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return [reports[r] for r in sweep]
 
 
