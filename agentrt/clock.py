@@ -70,11 +70,10 @@ class _JumpingSelector(selectors.DefaultSelector):
     def __init__(self, clock: VirtualClock):
         super().__init__()
         self._clock = clock
-        self.in_threads = 0                     # executor work the loop waits for (it must not jump past it)
 
     def select(self, timeout: float | None = None):
-        if timeout is None or self.in_threads:  # only a thread or a socket can wake us: wait, clock still
-            return super().select(None if timeout is None or timeout > 0 else 0)
+        if timeout is None:                     # no timer at all: only a thread or a socket can wake us
+            return super().select(None)
         events = super().select(0)
         if not events and timeout > 0:
             self._clock.advance(timeout)
@@ -83,35 +82,24 @@ class _JumpingSelector(selectors.DefaultSelector):
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An asyncio loop whose time is `clock`'s. With nothing ready it moves the clock to the next
-    timer. Work in other threads (`asyncio.to_thread`) takes no virtual time, and the clock waits for it."""
+    timer. Executor work (`asyncio.to_thread`: a blocking workflow step or tool) runs inline: it
+    takes no virtual time and nothing runs beside it, so a run never depends on a thread's speed
+    (in a thread, the clock would jump to the next timer while it worked)."""
 
     def __init__(self, clock: VirtualClock):
         self._clock = clock
-        self._jumping = _JumpingSelector(clock)
-        super().__init__(self._jumping)
+        super().__init__(_JumpingSelector(clock))
 
     def time(self) -> float:
         return self._clock.now()
 
     def run_in_executor(self, executor, func, *args):
-        """While a thread works (`asyncio.to_thread`), time stands still: the clock jumps only when
-        nothing but timers is left, so a run does not depend on how fast its threads are."""
-        future = super().run_in_executor(executor, func, *args)
-        self._jumping.in_threads += 1
-        future.add_done_callback(self._thread_done)
+        future = self.create_future()
+        try:
+            future.set_result(func(*args))
+        except Exception as exc:                # as from a thread: the awaiting coroutine gets it
+            future.set_exception(exc)
         return future
-
-    def _thread_done(self, _future) -> None:
-        self._jumping.in_threads -= 1
-
-
-async def run_sync(fn, *args, **kwargs):
-    """Call a blocking function from a coroutine: in a thread on the wall clock (a slow call must
-    not stall the loop), inline on a `VirtualTimeLoop` (it takes no virtual time, and nothing may
-    run beside it, or how fast the thread is would change what a simulated run does)."""
-    if isinstance(asyncio.get_running_loop(), VirtualTimeLoop):
-        return fn(*args, **kwargs)
-    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 def run_virtual(main, clock: VirtualClock | None = None):

@@ -218,10 +218,10 @@ def test_the_runtime_reads_the_engines_clock(make_engine):
 def test_blocking_calls_run_inline_on_virtual_time_and_in_a_thread_on_the_wall_clock():
     import threading
 
-    from agentrt.clock import VirtualClock, run_sync, run_virtual
+    from agentrt.clock import VirtualClock, run_virtual
 
     async def where() -> tuple[str, float]:
-        name = await run_sync(lambda: threading.current_thread().name)
+        name = await asyncio.to_thread(lambda: threading.current_thread().name)
         return name, asyncio.get_running_loop().time()
 
     clock = VirtualClock()

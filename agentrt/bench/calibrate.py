@@ -6,9 +6,10 @@ and contexts; prefill chunks of several sizes, fresh and after cached context); 
 wall time is paired with its shape as the scheduler published it (an observer); least squares
 fits step = a + b * prefill tokens + c * decode sequences + d * context tokens prefill reads +
 e * context tokens decode reads, with no coefficient below zero (a negative one is dropped and
-the rest refitted). The fit minimizes relative error (rows weighted by 1 / seconds): a 100 ms decode
-step counts as much as a 5 s prefill, as the workloads it predicts are mostly decode steps. The profile records
-every point and the fit's residuals, so how well the model fits is in the file itself.
+the rest refitted). The fit minimizes relative error (rows weighted by 1 / seconds): a 100 ms
+decode step counts as much as a 5 s prefill, as the workloads it predicts are mostly decode steps.
+The profile records every point and the fit's residuals, so how well the model fits is in the
+file itself.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def _prompt(i: int, n: int, vocab: int) -> list[int]:
 
 
 def measure(loaded: LoadedModel, *, threads: int, dtype: str = "auto", log: Callable[[str], None] = print
-            ) -> list[tuple[tuple[int, int, int], float]]:
+            ) -> list[tuple[tuple[int, int, int, int], float]]:
     """(shape, seconds) of every measured step."""
     points: list[tuple[tuple[int, int, int, int], float]] = []
     vocab = loaded.config.vocab_size

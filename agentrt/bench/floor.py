@@ -1,8 +1,8 @@
 """The no-contention floor of a simulated run: the least JCT each program could have had.
 
 A program alone on the machine, with a cache that never loses anything, still pays for every
-step it takes and every tool pause it waits on. On a step-time profile (agentrt.engine.sim) no schedule can beat that: sharing a step with other
-programs only adds terms. So the mean of these per-program floors bounds every policy's mean JCT
+step it takes and every tool pause it waits on. On a step-time profile (agentrt.engine.sim) no
+schedule can beat that: sharing a step with other programs only adds terms. So the mean of these per-program floors bounds every policy's mean JCT
 from below, and `lru mean JCT / floor` bounds how much faster than lru any policy can be.
 
 It holds for programs that are one growing conversation (each call's prompt extends the last

@@ -34,8 +34,8 @@ def render_sweep(reports: list[dict[str, Any]]) -> Table:
     policies = list(first["policies"])
     heaviest = heaviest_sustained(reports)
     caption = ["vs lru: lru's mean JCT / agentrt's at that rate; recompute: agentrt's over Bélády's",
-               f"lru growth: the mean JCT of lru's last fifth of arrivals over its second fifth's; ≤ {GROWTH_SUSTAINED:g}: "
-               "lru keeps up (*: the heaviest such rate, where the targets are read)",
+               "lru growth: the mean JCT of lru's last fifth of arrivals over its second fifth's; "
+               f"≤ {GROWTH_SUSTAINED:g}: lru keeps up (*: the heaviest such rate, where the targets are read)",
                "floor: the mean JCT of every program alone with a cache that loses nothing (no policy can beat it); "
                "bound: lru's mean JCT / floor, the most any policy can gain on lru"]
     if heaviest is not None:
@@ -54,7 +54,7 @@ def render_sweep(reports: list[dict[str, Any]]) -> Table:
         ratio = rep["vs_lru_mean_jct"].get("agentrt")
         belady = med.get("agentrt", {}).get("belady_ratio")
         growth = med.get("lru", {}).get("jct_growth")
-        floor = next((m["floor_mean_jct_s"] for m in med.values() if m.get("floor_mean_jct_s")), None)
+        floor = rep.get("floor_mean_jct_s")
         bound = med["lru"]["mean_jct_s"] / floor if floor and "lru" in med else None
         mark = "*" if rep is heaviest else ""
         table.add_row(f"{rep['settings']['rate']:g}{mark}", *(f"{med[p]['mean_jct_s']:.1f}" for p in policies),

@@ -152,8 +152,9 @@ def bench_workflows(
     timelines = [plot.with_name(f"{plot.stem}-timeline-{r:g}{plot.suffix}") if plot and i == len(sweep) - 1 else None
                  for i, r in enumerate(sweep)]                 # the heaviest rate's timeline
     if jobs > 1:
+        from agentrt.cli.sweep_jobs import sweep_in_processes
         with user_errors():
-            reports = _sweep_in_processes(job, sweep, timelines, jobs, save)
+            reports = sweep_in_processes(job, sweep, timelines, jobs, save)
     else:
         reports = []
         for i, r in enumerate(sweep):
@@ -170,43 +171,6 @@ def bench_workflows(
     if as_json:
         return emit_json({"sweep": reports})
     out.print(render_sweep(reports))
-
-
-def _sweep_rate(task: tuple[dict[str, Any], float, Path | None]) -> tuple[float, dict[str, Any]]:
-    """One rate of a simulated sweep, in a worker process: its own harness, the same settings."""
-    from agentrt.bench.workloads import workload_from_settings
-    job, rate, timeline = task
-    harness, device_tokens = _load_harness(**job["build"])
-    settings = {**job["settings"], "rate": rate}
-    return rate, _report("workflows", harness, workload_from_settings(settings), job["names"], job["runs"],
-                         device_tokens, job["kv_host_tokens"], job["tier_fraction"], job["warmup"], settings, timeline)
-
-
-def _sweep_in_processes(job: dict[str, Any], sweep: list[float], timelines: list[Path | None],
-                        jobs: int, save: Path | None) -> list[dict[str, Any]]:
-    """Every rate of a simulated sweep, `jobs` at a time (spawned processes: no torch state shared).
-    Ctrl-C or SIGTERM stops the workers too (the pool is terminated on the way out); with `save`,
-    the rates done so far are written as each one ends, so a stopped sweep keeps them."""
-    import multiprocessing
-    import signal
-
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)
-    previous = signal.signal(signal.SIGTERM, stop)
-    reports: dict[float, dict[str, Any]] = {}
-    width = min(jobs, len(sweep))
-    try:
-        with multiprocessing.get_context("spawn").Pool(width) as pool:      # exiting terminates the workers
-            err.print(f"[bold]{len(sweep)} rates, {width} at a time[/]")
-            for r, report in pool.imap_unordered(_sweep_rate, [(job, r, t) for r, t in zip(sweep, timelines)]):
-                reports[r] = report
-                err.print(f"[bold]rate {r:g} programs/s done[/] ({len(reports)}/{len(sweep)})")
-                if save:
-                    done = [reports[x] for x in sweep if x in reports]
-                    save.write_text(json.dumps({"sweep": done}, indent=2, default=str) + "\n")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return [reports[r] for r in sweep]
 
 
 @bench_app.command("replay", epilog="Examples: agentrt bench replay ../shared/workloads/tracelab_multi_session_large.csv "
@@ -337,6 +301,8 @@ def report_json(kind: str, model: str, describe: str, result, settings: dict[str
         "vs_lru_mean_jct": {p: _round(jct_ratio(medians, p, "lru")) for p in result.policies if p != "lru"}
         if "lru" in medians else {},
         "targets": evaluate_targets(target_key, medians),
+        # the same for every policy (the workload fixes every call and pause): simulated conversations only
+        "floor_mean_jct_s": next((m["floor_mean_jct_s"] for m in medians.values() if m.get("floor_mean_jct_s")), None),
         "notes": result.notes,
     }
 
@@ -366,8 +332,7 @@ def render_table(report: dict[str, Any]) -> Table:
         value = f"{t['ratio']:.2f}×" if t["ratio"] is not None else "—" if t["baseline"] != "belady" else \
             "neither recomputes anything" if t["met"] else "Bélády recomputes nothing, the policy does"
         lines.append(f"target: {t['target']}: {value} → {met}")
-    floor = next((e["median"]["floor_mean_jct_s"] for e in report["policies"].values()
-                  if e["median"].get("floor_mean_jct_s")), None)
+    floor = report.get("floor_mean_jct_s")
     if floor:
         lru = report["policies"].get("lru", {}).get("median", {}).get("mean_jct_s")
         lines.append(f"floor: {floor:.2f} s mean JCT with every program alone and nothing lost (no policy can go "
@@ -438,5 +403,6 @@ def bench_calibrate(
     f = profile.fit or {}
     out.print(f"wrote {path}: step = {profile.base_s * 1e3:.2f} ms + {profile.prefill_token_s * 1e6:.1f} µs/prefill "
               f"token + {profile.decode_seq_s * 1e6:.1f} µs/decode seq + {profile.context_token_s * 1e9:.2f} ns/context "
-              f"token a prefill reads + {profile.decode_context_s * 1e9:.2f} ns/context token a decode reads; median |error| {f.get('median_abs_rel_error', 0):.1%}, max {f.get('max_abs_rel_error', 0):.1%} "
+              f"token a prefill reads + {profile.decode_context_s * 1e9:.2f} ns/context token a decode reads; "
+              f"median |error| {f.get('median_abs_rel_error', 0):.1%}, max {f.get('max_abs_rel_error', 0):.1%} "
               f"over {len(f.get('points', []))} steps ({cpu})")

@@ -41,7 +41,8 @@ class Runner(Protocol):
         """Run one step's tier copies (swap-outs first, then loads), before the step's compute."""
 
     def prefetch_copy(self, block_ids: Sequence[int], slots: Sequence[int]) -> None:
-        """Copy host slots into device blocks; called from the prefetch thread beside a step."""
+        """Copy host slots into device blocks; called from the prefetch thread beside a step (or
+        inline, for a runner that sets `prefetch_inline = True`: the simulator's copies take no time)."""
 
     def forget(self, request_id: str) -> None:
         """Drop per-request state (a seeded sampler's generator) when the request ends."""

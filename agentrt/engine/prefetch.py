@@ -95,6 +95,9 @@ class PrefetchWorker:
 
     def __init__(self, runner: Runner):
         self.runner = runner
+        # a runner whose copies take no time (the simulator) has them done where they are asked for:
+        # on a thread, whether one landed before the next step would depend on the thread's speed
+        self.inline = getattr(runner, "prefetch_inline", False)
         self._plans: deque[PrefetchPlan] = deque()
         self._lock = threading.Lock()
         self._running = False
@@ -102,17 +105,13 @@ class PrefetchWorker:
     def submit(self, plan: PrefetchPlan) -> None:
         with self._lock:
             self._plans.append(plan)
-            if getattr(self.runner, "prefetch_inline", False):    # the simulator: its copies take no time, and
-                self._running = True                                # a thread's timing would make runs differ
-                self._lock.release()
-                try:
-                    self._drain()
-                finally:
-                    self._lock.acquire()
-                return
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._drain, name="agentrt-prefetch", daemon=True).start()
+            start, self._running = not self._running, True
+        if not start:
+            return
+        if self.inline:
+            self._drain()
+        else:
+            threading.Thread(target=self._drain, name="agentrt-prefetch", daemon=True).start()
 
     def _drain(self) -> None:
         while True:

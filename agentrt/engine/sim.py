@@ -4,8 +4,8 @@ tiers and every policy above it run as they do on the real model.
 
 Step time = a + b * prefill tokens + c * decode sequences + d * context tokens prefill tokens read
 + e * context tokens decode sequences read (the prefix each scheduled token attends to; a CPU reads
-a decode's context far slower than a prefill's, so the two have their own terms), from a `StepProfile`: a data file under
-agentrt/engine/profiles/ naming its source (a calibration of this machine's engine, or a
+a decode's context far slower than a prefill's, so the two have their own terms), from a
+`StepProfile`: a data file under agentrt/engine/profiles/ naming its source (a calibration of this machine's engine, or a
 published fit). Host-tier copies take block bytes over the profile's link bandwidth.
 
 >>> profile = load_profile("cpu")

@@ -11,7 +11,6 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agentrt.clock import run_sync
 from agentrt.graph.compile import CompiledWorkflow
 from agentrt.graph.state import apply_update
 from agentrt.graph.steps import END, Branch, FanOut, FunctionStep, LLMStep, Step, ToolStep
@@ -308,7 +307,7 @@ class Program:
         if inspect.iscoroutinefunction(step.fn):
             update = await step.fn(self.view(lane))
         else:                  # off the event loop: a slow step must not stall the other programs
-            update = await run_sync(step.fn, self.view(lane))
+            update = await asyncio.to_thread(step.fn, self.view(lane))
             if inspect.isawaitable(update):
                 update = await update
         if update is None:

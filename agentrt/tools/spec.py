@@ -22,7 +22,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, PydanticUserError, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
-from agentrt.clock import MONOTONIC, Clock, run_sync
+from agentrt.clock import MONOTONIC, Clock
 from agentrt.tools.context import CallInfo, reset_call, set_call
 
 BACKOFF_CAP = 30.0  # longest wait between two attempts, seconds
@@ -304,7 +304,7 @@ class Tool:
     async def _invoke(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
         if self.is_async:
             return await self.fn(*args, **kwargs)
-        value = await run_sync(self.fn, *args, **kwargs)
+        value = await asyncio.to_thread(self.fn, *args, **kwargs)
         return await value if inspect.isawaitable(value) else value
 
     def _problem(self, err: Any) -> str:
