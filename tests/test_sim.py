@@ -104,3 +104,25 @@ def test_calibration_measures_every_case_on_the_real_engine(tiny_loaded, tmp_pat
     assert len(profile.fit["points"]) > 3 * len(DECODE_CASES)
     saved = load_profile(profile.save(tmp_path / "cpu-test.json"))
     assert saved == profile and "test" in saved.source
+
+
+def test_swap_outs_overlap_compute_where_the_profile_says_so():
+    from types import SimpleNamespace
+
+    from agentrt.engine.host_tier import Moves
+    from agentrt.engine.sim import SimRunner
+    layout = SimpleNamespace(block_size=16)
+    clocks = {}
+    for overlap in (False, True):
+        profile = StepProfile("t", "hand-made", base_s=0.0, prefill_token_s=0.0, decode_seq_s=0.0,
+                              host_bytes_per_s=1000.0, overlap_swap_out=overlap)
+        clock = VirtualClock()
+        runner = SimRunner(layout, profile, clock, token=1, block_bytes=1000)      # a second per block
+        runner.apply_moves(Moves([1, 2], [0, 1], [], []))      # two swap-outs
+        after_out = clock.now()
+        clock.advance(5.0)                                      # a step's compute: the write-back fits beside it
+        runner.apply_moves(Moves([3], [2], [], []))
+        runner.apply_moves(Moves([], [], [0], [4]))            # a demand load right after: waits for block 3's copy
+        clocks[overlap] = (after_out, clock.now())
+    assert clocks[False] == (2.0, 2.0 + 5.0 + 1.0 + 1.0)
+    assert clocks[True] == (0.0, 5.0 + 1.0 + 1.0)              # the first two hid behind the compute

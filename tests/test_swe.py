@@ -219,6 +219,12 @@ def test_fidelity_runs_a_real_report_again_on_the_simulator(tmp_path):
         assert row["error"] == pytest.approx((row["sim"] - row["real"]) / row["real"])
     assert sorted(fid["real_ranking"]) == sorted(fid["sim_ranking"]) == ["agentrt", "lru"]
     assert fid["met"] == (fid["max_abs_error"] <= 0.10 and fid["same_ranking"])
+    # the real run kept every step; the fidelity check set the profile against each kind of them
+    logs = report["step_logs"]
+    assert [len(runs[0]) for runs in logs.values()] == [report["policies"][p]["median"]["steps"] for p in logs]
+    assert {k["kind"] for k in fid["steps"]} <= {"decode", "prefill", "mixed"} and fid["steps"]
+    assert sum(k["steps"] for k in fid["steps"]) == sum(len(runs[0]) for runs in logs.values())
+    assert sum(k["share_of_time"] for k in fid["steps"]) == pytest.approx(1.0, abs=0.01)
     bad = CliRunner().invoke(app, ["bench", "fidelity", str(tmp_path / "none.json")])
     assert bad.exit_code == 2 and "no such report" in bad.output + (bad.stderr or "")
 

@@ -26,7 +26,8 @@ def simulate_report(real: dict[str, Any], profile: str, log: Callable[[str], Non
         raise ValueError("the report is of a simulated run already; give a real-engine report")
     harness = Harness(real["model"], dtype=s["dtype"], threads=s["threads"], block_size=s["block_size"],
                       seed=s["seed"], host_tokens=s["kv_host_tokens"], max_num_seqs=s["max_num_seqs"],
-                      program_order=s["program_order"], max_programs=s["max_programs"], profile=profile)
+                      program_order=s["program_order"], max_programs=s["max_programs"], profile=profile,
+                      batch_cap=s.get("batch_cap", False))    # reports older than agentrt's batch cap ran without it
     work = workload_from_settings(s)
     policies = list(real["policies"])
     result = run_bench(harness, work, policies, 1, real["kv_device_tokens"], 0.4, log, warmup=False)
@@ -44,6 +45,29 @@ def compare(real: dict[str, Any], sim: dict[str, dict[str, Any]], metric: str = 
     return {"metric": metric, "rows": rows, "real_ranking": rank_real, "sim_ranking": rank_sim,
             "same_ranking": rank_real == rank_sim, "max_abs_error": worst,
             "met": worst is not None and worst <= FIDELITY_BOUND and rank_real == rank_sim}
+
+
+def step_check(real: dict[str, Any], profile: str) -> list[dict[str, Any]]:
+    """The profile against every step the real runs measured, by kind (empty: the report kept no steps)."""
+    from agentrt.bench.steps import STEP_FIELDS, compare_steps
+    from agentrt.engine.sim import load_profile
+    logs = real.get("step_logs")
+    if not logs:
+        return []
+    if real.get("step_fields") != list(STEP_FIELDS):
+        raise ValueError(f"the report's steps have fields {real.get('step_fields')}, not {list(STEP_FIELDS)}")
+    rows = [row for runs in logs.values() for run in runs for row in run]
+    return compare_steps(rows, load_profile(profile))
+
+
+def render_steps(rows: list[dict[str, Any]], profile: str) -> Table:
+    table = Table(title=f"every real step against the `{profile}` profile, by kind", title_style="bold")
+    for name in ("kind", "steps", "real ms/step", "profile ms/step", "error", "median step error", "share of time"):
+        table.add_column(name, justify="left" if name == "kind" else "right")
+    for r in rows:
+        table.add_row(r["kind"], str(r["steps"]), f"{r['real_ms']:.1f}", f"{r['sim_ms']:.1f}", f"{r['error']:+.1%}",
+                      f"{r['median_step_error']:+.1%}", f"{r['share_of_time']:.0%}")
+    return table
 
 
 def render(fid: dict[str, Any], describe: str, profile: str) -> Table:

@@ -63,6 +63,7 @@ class RunRecord:
     compute_s: float = 0.0        # the runner's time over all steps (engine clock: virtual on the simulator)
     policy_s: float = 0.0         # wall time in the scheduler's own decisions (agentrt.sched.meter)
     floor_jct_s: float | None = None   # the no-contention floor's mean JCT (agentrt.bench.floor; simulated runs)
+    step_log: list[tuple] = field(default_factory=list, repr=False)   # real runs: agentrt.bench.steps rows
 
 
 def belady_recomputes(access_log: Sequence[Hashable], capacity_blocks: int,

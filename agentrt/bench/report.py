@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +24,20 @@ def peer_names(peers: list[Peer], absent: list[Absent]) -> list[str]:
 
 def short(name: str) -> str:
     return "-".join(SHORT.get(part, part) for part in name.replace("llama.cpp", "llama").split("-"))
+
+
+def code_version() -> str | None:
+    """The commit of the agentrt tree this runs from ("+dirty" when agentrt/ has changes), or None
+    outside a git checkout: what lets saved reports be merged as runs of the same code."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "agentrt"], capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+dirty" if dirty else head
 
 
 def machine_info(dtype: str, threads: int) -> dict[str, Any]:

@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agentrt.bench.metrics import Probe, RunRecord, belady_recomputes
+from agentrt.bench.steps import StepRecorder
 from agentrt.bench.workloads import Workload
 from agentrt.clock import VirtualClock, run_virtual
 from agentrt.engine import EngineConfig, LLMEngine
 from agentrt.engine.loader import LoadedModel, load_model
 from agentrt.engine.model import kv_bytes_per_token
 from agentrt.engine.sim import StepProfile, load_profile, sim_runner
-from agentrt.sched.policies import POLICIES, PROGRAM_ORDERED
+from agentrt.sched.policies import BATCH_CAPPED, POLICIES, PROGRAM_ORDERED
 
 WARMUP_TIER_TOKENS = 16384
 
@@ -77,12 +78,13 @@ class Harness:
 
     def __init__(self, model: str, *, dtype: str = "auto", threads: int | None = None, block_size: int = 16,
                  seed: int = 0, host_tokens: int = 0, max_num_seqs: int = 64, program_order: str = "program",
-                 max_programs: int | None = None, profile: str | None = None):
+                 max_programs: int | None = None, profile: str | None = None, batch_cap: bool | None = None):
         self.model, self.dtype, self.threads, self.block_size = model, dtype, threads, block_size
         self.host_tokens, self.max_num_seqs = host_tokens, max_num_seqs
         # for the policies that schedule programs (continuum, agentrt): "program" (FCFS) or "las",
         # and a cap on the programs they run at once (None: none)
         self.program_order, self.max_programs = program_order, max_programs
+        self.batch_cap = batch_cap          # False: agentrt without its batch cap (None, True: the default, on)
         # the simulator needs the tokenizer and config only, never the weights
         self.loaded: LoadedModel = load_model(model, seed=seed) if model == "tiny-random-llama" else \
             load_model(model, dense=profile is None)
@@ -122,7 +124,12 @@ class Harness:
         base, host = engine_setup(policy, self.host_tokens)
         engine = self.engine(kv_tokens, host)
         probe = Probe(engine)
+        steps = StepRecorder(self.block_size) if self.profile is None else None   # what fidelity checks step by step
+        if steps is not None:
+            engine.add_observer(steps)
         options = {"order": self.program_order, "max_programs": self.max_programs} if base in PROGRAM_ORDERED else {}
+        if self.batch_cap is False and base in BATCH_CAPPED:      # on by default (max_programs replaces it)
+            options["batch_cap"] = False
         with tempfile.TemporaryDirectory(prefix="agentrt-bench-") as folder:
             if policy.endswith(DURABLE):
                 options["checkpoint"] = Path(folder) / "runs.db"
@@ -138,7 +145,7 @@ class Harness:
                          stats["num_blocks"], stats["recomputed_blocks"], stats["evicted_blocks"],
                          probe.preemptions, probe.peak_blocks, stats["steps"], belady_blocks, distinct,
                          len(probe.access_log), stats["loaded_blocks"], probe.finish(), probe.compute_s,
-                         probe.meter.total_s, self._floor(workload, probe))
+                         probe.meter.total_s, self._floor(workload, probe), steps.rows if steps else [])
 
     def _floor(self, workload: Workload, probe: Probe) -> float | None:
         """The run's no-contention floor (a simulated conversation workload only: it needs the profile)."""

@@ -158,7 +158,8 @@ def program_driver(compiled, inputs: list[dict], arrivals: list[float], *, befor
         opts = dict(options or {})
         door = WorkflowScheduler(policy, kv=engine.kv_spec, prefetch=lambda ids: aengine.prefetch(ids, evict=True),
                                  clock=engine.clock, order=opts.pop("order", None),
-                                 max_programs=opts.pop("max_programs", None), meter=probe.meter)
+                                 max_programs=opts.pop("max_programs", None), batch_cap=opts.pop("batch_cap", None),
+                                 meter=probe.meter)
         rt = Runtime(aengine, scheduler=door, **opts)
         probe.attach(rt)
         try:

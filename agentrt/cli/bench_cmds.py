@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from agentrt.cli.common import DEFAULT_MODEL, EngineDTypeOpt, JsonOpt, ModelOpt, bench_app, emit_json, err, out, \
     parse_size, user_errors
@@ -58,6 +57,8 @@ OrderOpt = Annotated[ProgramOrder, typer.Option("--program-order", help="how con
                                                 "fcfs (by arrival) or las (least attained service)")]
 ProgramsCapOpt = Annotated[int | None, typer.Option("--max-programs", min=1, help="continuum and agentrt run at "
                                                     "most this many programs at once (program-level admission)")]
+BatchCapOpt = Annotated[bool, typer.Option(help="agentrt runs as many programs at once as the engine's measured step "
+                                                "costs make worth it (sqrt(n a / c); --max-programs replaces it)")]
 ThreadsOpt = Annotated[int, typer.Option(min=1, help="torch CPU threads")]
 BlockOpt = Annotated[int, typer.Option(min=1, help="tokens per KV block (larger blocks make paper-scale "
                                                    "simulations cheaper to run and to bound with Bélády)")]
@@ -103,6 +104,7 @@ def bench_workflows(
     max_num_seqs: SeqsOpt = 64,
     program_order: OrderOpt = ProgramOrder.fcfs,
     max_programs: ProgramsCapOpt = None,
+    batch_cap: BatchCapOpt = True,
     warmup: WarmupOpt = True,
     sim: ProfileOpt = None,
     block_size: BlockOpt = 16,
@@ -142,7 +144,7 @@ def bench_workflows(
         work = workload_at(sweep[0] if sweep else rate)
         build = dict(model=model, dtype=dtype, threads=threads, host_tokens=kv_host_tokens, max_num_seqs=max_num_seqs,
                      order=program_order, max_programs=max_programs, device_tokens=kv_device_tokens,
-                     device_bytes=kv_device_bytes, seed=seed, profile=sim, block_size=block_size)
+                     device_bytes=kv_device_bytes, seed=seed, profile=sim, block_size=block_size, batch_cap=batch_cap)
         harness, kv_device_tokens = _load_harness(**build)
     if sweep is None:
         return _run("workflows", harness, work, names, runs, kv_device_tokens, kv_host_tokens, tier_fraction, warmup,
@@ -223,13 +225,13 @@ def bench_replay(
 
 def _load_harness(model: str, dtype: str, threads: int, host_tokens: int, max_num_seqs: int, order: ProgramOrder,
                   max_programs: int | None, device_tokens: int | None, device_bytes: str | None, *, seed: int = 0,
-                  profile: str | None = None, block_size: int = 16):
+                  profile: str | None = None, block_size: int = 16, batch_cap: bool = True):
     """The weights and engine settings every policy shares, and the device tier in tokens."""
     from agentrt.bench.workflow_bench import Harness
     with err.status(f"loading {model} ..."):
         harness = Harness(model, dtype=dtype, threads=threads, seed=seed, host_tokens=host_tokens, block_size=block_size,
                           max_num_seqs=max_num_seqs, program_order=_ORDER[order], max_programs=max_programs,
-                          profile=profile)
+                          profile=profile, batch_cap=batch_cap)
     return harness, _device_tokens(harness, device_tokens, device_bytes)
 
 
@@ -259,12 +261,14 @@ def _run(kind: str, harness, work, names: list[str], runs: int, kv_device_tokens
         save.write_text(json.dumps(report, indent=2, default=str) + "\n")
     if as_json:
         return emit_json(report)
+    from agentrt.bench.workflow_report import render_table
     out.print(render_table(report))
 
 
 def _report(kind: str, harness, work, names: list[str], runs: int, kv_device_tokens: int | None, kv_host_tokens: int,
             tier_fraction: float, warmup: bool, settings: dict[str, Any], plot: Path | None) -> dict[str, Any]:
     from agentrt.bench.workflow_bench import run_bench
+    from agentrt.bench.workflow_report import report_json
     with user_errors():
         result = run_bench(harness, work, names, runs, kv_device_tokens, tier_fraction,
                            lambda m: err.print(m, markup=False, soft_wrap=True), warmup=warmup)
@@ -272,100 +276,14 @@ def _report(kind: str, harness, work, names: list[str], runs: int, kv_device_tok
                 "kv_host_tokens": kv_host_tokens, "tier_fraction": tier_fraction if kv_device_tokens is None else None,
                 "block_size": harness.block_size, "dtype": harness.dtype, "threads": harness.threads,
                 "max_num_seqs": harness.max_num_seqs, "program_order": harness.program_order,
-                "max_programs": harness.max_programs, "warmup": warmup, "backend": harness.backend}
+                "max_programs": harness.max_programs, "batch_cap": harness.batch_cap is not False, "warmup": warmup,
+                "backend": harness.backend}
     report = report_json(kind, harness.model, work.describe, result, settings)
     if plot is not None:
         from agentrt.bench.plot import plot_result
         plot_result(result, plot, title=f"{kind} · {work.describe}")
         err.print(f"[dim]wrote {plot}[/]")
     return report
-
-
-# ------------------------------------------------------------------------------------------ report
-def report_json(kind: str, model: str, describe: str, result, settings: dict[str, Any]) -> dict[str, Any]:
-    from agentrt.bench.metrics import evaluate_targets, jct_ratio, median_figures, run_figures
-    from agentrt.bench.report import machine_info
-    per_run = {p: [run_figures(r) for r in runs] for p, runs in result.runs.items()}
-    medians = {p: median_figures(figs) for p, figs in per_run.items()}
-    target_key = "mooncake" if result.workload == "mooncake" else result.workload
-    if result.workload == "swe_agent" and settings.get("backend", "real") not in ("real", "sim:cpu"):
-        target_key = "swe_agent@sim"              # at the papers' scale: section 3's targets, not section 2's
-    ws = result.working_set_tokens
-    return {
-        "benchmark": kind, "model": model, "workload": result.workload, "describe": describe,
-        "machine": machine_info(settings["dtype"], settings["threads"] or 0), "settings": settings,
-        "working_set_tokens": ws or None, "kv_device_tokens": result.tier_tokens,
-        "tier_fraction_of_working_set": round(result.tier_tokens / ws, 4) if ws else None,
-        "longest_request_tokens": result.max_request_tokens or None, "warmup_s": round(result.warmup_s, 3),
-        "policies": {p: {"median": medians[p], "runs": per_run[p]} for p in result.policies},
-        "vs_lru_mean_jct": {p: _round(jct_ratio(medians, p, "lru")) for p in result.policies if p != "lru"}
-        if "lru" in medians else {},
-        "targets": evaluate_targets(target_key, medians),
-        # the same for every policy (the workload fixes every call and pause): simulated conversations only
-        "floor_mean_jct_s": next((m["floor_mean_jct_s"] for m in medians.values() if m.get("floor_mean_jct_s")), None),
-        "notes": result.notes,
-    }
-
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 4)
-
-
-def _belady_cell(m: dict[str, Any]) -> str:
-    if m["belady_ratio"] is not None:
-        return f"{m['belady_ratio']:.2f}"
-    return "∞" if m["recomputed_blocks"] else "="
-
-
-def render_table(report: dict[str, Any]) -> Table:
-    s, ws = report["settings"], report["working_set_tokens"]
-    tier = report["kv_device_tokens"]
-    frac = f" = {report['tier_fraction_of_working_set']:.0%} of the working set ({ws} tok)" if ws else ""
-    backend = s.get("backend", "real")
-    on = f" · simulated ({backend[4:]} profile, virtual time)" if backend.startswith("sim:") else ""
-    title = (f"agentrt bench {report['benchmark']} · {report['describe']} · {report['model']}{on}\n"
-             f"device tier {tier} tok{frac}" + (f" · host tier {s['kv_host_tokens']} tok" if s.get("kv_host_tokens")
-                                                 else "") + f" · median of {s['runs']} run(s)")
-    lines = [f"{p} vs lru: {r:.2f}× mean JCT" for p, r in report["vs_lru_mean_jct"].items() if r is not None]
-    for t in report["targets"]:
-        met = {True: "[green]met[/]", False: "[red]not met[/]", None: "[dim]n/a[/]"}[t["met"]]
-        value = f"{t['ratio']:.2f}×" if t["ratio"] is not None else "—" if t["baseline"] != "belady" else \
-            "neither recomputes anything" if t["met"] else "Bélády recomputes nothing, the policy does"
-        lines.append(f"target: {t['target']}: {value} → {met}")
-    floor = report.get("floor_mean_jct_s")
-    if floor:
-        lru = report["policies"].get("lru", {}).get("median", {}).get("mean_jct_s")
-        lines.append(f"floor: {floor:.2f} s mean JCT with every program alone and nothing lost (no policy can go "
-                     f"below it)" + (f"; lru / floor = {lru / floor:.2f}×, the most any policy can gain on lru"
-                                     if lru else ""))
-    lines += [f"[dim]{n}[/]" for n in report["notes"]]
-    m = report["machine"]
-    lines.append(f"[dim]machine: {m.get('cpu_capability', '?')} CPU ({m.get('processor', '?')}), "
-                 f"{m.get('threads')} threads, torch {m.get('torch_version')}[/]")
-    lines.append("[dim]step ms: the runner's time per engine step (virtual on the simulator); policy ms/step: wall "
-                 "time in the scheduler's decisions (eviction ranking, swap filter, program table, pins, "
-                 "prefetch, admission) per step[/]")
-    lines.append("[dim]vs lru: lru's mean JCT / the policy's (> 1× is faster); × Bélády: recomputed blocks / "
-                 "Bélády MIN's on the policy's own access log (= when both recompute none, ∞ when only the "
-                 "policy does)[/]")
-    table = Table(title=title, caption="\n".join(lines), title_style="bold", caption_justify="left")
-    host = bool(s.get("kv_host_tokens"))
-    for name in ("policy", "mean JCT s", "p50 s", "p95 s", "prog/s", "out tok/s", "recomputed tok", "hit rate",
-                 "× Bélády", "peak blocks", *(["host loads"] if host else []), "step ms", "policy ms/step",
-                 "vs lru"):
-        table.add_column(name, justify="left" if name == "policy" else "right")
-    for p, entry in report["policies"].items():
-        m = entry["median"]
-        ratio = report["vs_lru_mean_jct"].get(p)
-        failed = f" [red]({m['failed']} failed)[/]" if m["failed"] else ""
-        table.add_row(p + failed, f"{m['mean_jct_s']:.2f}", f"{m['p50_jct_s']:.2f}", f"{m['p95_jct_s']:.2f}",
-                      f"{m['programs_per_s']:.3f}", f"{m['output_tokens_per_s']:.1f}", f"{m['recomputed_tokens']:,}",
-                      f"{m['prefix_hit_rate']:.1%}", _belady_cell(m),
-                      f"{m['peak_blocks']} ({m['peak_fraction']:.0%})",
-                      *([f"{m['host_loaded_blocks']:,} blk"] if host else []),
-                      f"{m['step_ms']:.1f}", f"{m['policy_ms_per_step']:.3f}",
-                      "—" if ratio is None else f"[{'green' if ratio >= 1 else 'red'}]{ratio:.2f}×[/]")
-    return table
 
 
 @bench_app.command("calibrate", epilog="Examples: agentrt bench calibrate · agentrt bench calibrate --out my-cpu.json "

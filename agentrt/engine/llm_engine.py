@@ -72,6 +72,7 @@ class LLMEngine:
         if self.pool.disk is not None:
             self._connect_disk(self.pool.disk)
         self.prefetcher = Prefetcher(self.pool, self.runner) if host_slots else None
+        self._policy_observer = None
         if policy is not None:
             self.install_policy(policy)
         self.eos_token_ids = _eos_ids(mc, self.tokenizer)
@@ -276,6 +277,11 @@ class LLMEngine:
         between steps, from the thread that steps)."""
         self.pool.set_policy(policy.eviction if policy.eviction is not None else LRUPolicy(), policy.swap_filter)
         self.scheduler.set_order(policy.order)
+        if self._policy_observer is not None:
+            self.pool.remove_observer(self._policy_observer)
+        self._policy_observer = policy.observer
+        if policy.observer is not None:
+            self.pool.add_observer(policy.observer)
 
     def end_program(self, program_id: str) -> None:
         """A program ended: forget what the scheduler kept for it (its attained service)."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from agentrt.engine.blocks import Block
     from agentrt.engine.eviction import EvictionPolicy
+    from agentrt.engine.observe import EngineObserver
 
 Order = Literal["request", "program", "las"]
 ORDERS: tuple[str, ...] = ("request", "program", "las")
@@ -18,10 +19,12 @@ ORDERS: tuple[str, ...] = ("request", "program", "las")
 class EnginePolicy:
     """Eviction ranking (None: LRU), which victims go to the host tier (None: every one that fits),
     and the queue / step-budget order: FCFS by request, FCFS by program arrival, or least
-    attained service by program."""
+    attained service by program; `observer`: what the policy learns from the engine's steps (e.g.
+    agentrt's step costs), registered with the policy and removed when another is installed."""
     eviction: "EvictionPolicy | None" = None
     swap_filter: "Callable[[Block], bool] | None" = None
     order: Order = "request"
+    observer: "EngineObserver | None" = None
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:

@@ -38,6 +38,10 @@ class StepProfile:
     # blocks into one dense tensor): e is paid on decode sequences x the longest, not on their sum
     decode_padded: bool = False
     host_bytes_per_s: float = 10e9     # host <-> device copies
+    # swap-outs copy on their own stream beside compute (SGLang HiCache's write-back, vLLM's offload
+    # connector): a step waits only for what the previous moves' write-back has not finished. False:
+    # every copy is on the clock, as on the CPU engine, which copies before the step's compute
+    overlap_swap_out: bool = False
     block_bytes: int = 0               # one KV block over all layers (0: from kv_bytes_per_token)
     kv_bytes_per_token: int = 0        # the simulated model's KV per token (0: the loaded model's)
     kv_capacity_tokens: int | None = None   # device tier (None: the engine config's)
@@ -103,6 +107,7 @@ class SimRunner:
         self.block_bytes = profile.block_bytes or profile.kv_bytes_per_token * layout.block_size or block_bytes
         self.steps = 0
         self.busy_s = 0.0                  # virtual seconds spent computing
+        self.write_back_until = 0.0        # overlap_swap_out: when the queued swap-outs are done
 
     def run(self, batch) -> StepOutput:
         seconds = self.profile.step_seconds(*batch_shape(batch))
@@ -114,8 +119,14 @@ class SimRunner:
         return StepOutput([self.token] * len(rows), None, rows)
 
     def apply_moves(self, moves) -> None:
-        n = len(moves.out_blocks) + len(moves.in_blocks)
-        self.clock.advance(n * self.block_bytes / self.profile.host_bytes_per_s)
+        per_block = self.block_bytes / self.profile.host_bytes_per_s
+        if not self.profile.overlap_swap_out:
+            self.clock.advance((len(moves.out_blocks) + len(moves.in_blocks)) * per_block)
+            return
+        # the blocks these moves free or fill may be the ones still being written back: finish that first
+        self.clock.advance(max(0.0, self.write_back_until - self.clock.now()))
+        self.clock.advance(len(moves.in_blocks) * per_block)               # demand loads: the step needs them
+        self.write_back_until = self.clock.now() + len(moves.out_blocks) * per_block
 
     def prefetch_copy(self, block_ids, slots) -> None:
         pass                               # overlaps compute: no time of its own on the step's clock

@@ -9,24 +9,28 @@ program of a workflow has finished, the largest footprint seen so far among runn
 
 `max_programs` also caps how many programs run at once: on a compute-bound device, sharing every
 step among all programs makes each step slow for everyone; a few programs at a time finish sooner
-on average, as long as their turns still fill the batch.
+on average, as long as their turns still fill the batch. `cap` sets that number as programs come:
+called with how many are present (running and waiting), it returns the cap (None: none), e.g.
+agentrt's `StepCost.cap`, from the device's measured step costs. `capacity_tokens=None` admits by
+those caps alone.
 """
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 
 from agentrt.sched.events import LLMCallEnded, LLMCallStarted
 
 
 class AdmissionGate:
-    def __init__(self, capacity_tokens: int, *, headroom: float = 1.0, first_guess: float = 0.2,
-                 max_programs: int | None = None):
+    def __init__(self, capacity_tokens: int | None, *, headroom: float = 1.0, first_guess: float = 0.2,
+                 max_programs: int | None = None, cap: Callable[[int], int | None] | None = None):
         if max_programs is not None and max_programs < 1:
             raise ValueError(f"max_programs must be >= 1 (None: no cap), got {max_programs}")
-        self.capacity = capacity_tokens * headroom
-        self.max_programs = max_programs
-        self.first_guess = capacity_tokens * first_guess   # a workflow never seen: a quarter of the tier
+        self.capacity = None if capacity_tokens is None else capacity_tokens * headroom
+        self.max_programs, self.cap = max_programs, cap
+        self.first_guess = (capacity_tokens or 0) * first_guess   # a workflow never seen: a fifth of the tier
         self.active: dict[str, str] = {}                  # program -> workflow
         self.footprint: dict[str, float] = defaultdict(float)
         self._in_flight: dict[str, int] = defaultdict(int)
@@ -35,6 +39,7 @@ class AdmissionGate:
         self.finished: dict[str, list[float]] = defaultdict(list)   # workflow -> footprints of ended programs
         self._changed: asyncio.Event | None = None
         self.waited = 0                                   # programs that had to wait (for reports)
+        self.waiting = 0                                  # programs waiting now
 
     def estimate(self, workflow: str) -> float:
         done = self.finished.get(workflow)
@@ -48,6 +53,12 @@ class AdmissionGate:
             return True                                   # always let one program run
         if self.max_programs is not None and len(self.active) >= self.max_programs:
             return False
+        if self.cap is not None:
+            limit = self.cap(len(self.active) + self.waiting)
+            if limit is not None and len(self.active) >= limit:
+                return False
+        if self.capacity is None:
+            return True
         held = sum(max(self.footprint[p], self.estimate(w)) for p, w in self.active.items())
         return held + self.estimate(workflow) <= self.capacity
 
@@ -55,11 +66,15 @@ class AdmissionGate:
         """Wait (FCFS: earlier callers are woken first and re-check first) until the program fits."""
         if self._changed is None:
             self._changed = asyncio.Event()
-        if not self._fits(workflow):
-            self.waited += 1
-            while not self._fits(workflow):
-                self._changed.clear()
-                await self._changed.wait()
+        self.waiting += 1                                 # present from now: the cap counts it
+        try:
+            if not self._fits(workflow):
+                self.waited += 1
+                while not self._fits(workflow):
+                    self._changed.clear()
+                    await self._changed.wait()
+        finally:
+            self.waiting -= 1
         self.active[program_id] = workflow
 
     def release(self, program_id: str) -> None:

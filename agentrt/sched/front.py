@@ -14,9 +14,10 @@ from __future__ import annotations
 from agentrt.clock import MONOTONIC, Clock
 from agentrt.engine.policy import EnginePolicy, KVSpec
 from agentrt.sched.admission import AdmissionGate
+from agentrt.sched.batch_cap import StepCost
 from agentrt.sched.events import ProgramEvent
-from agentrt.sched.meter import MeteredConsumer, MeteredEviction, PolicyMeter, metered_filter
-from agentrt.sched.policies import PREFETCHING, PROGRAM_ORDERED, block_costs, make_policy, worth_swapping
+from agentrt.sched.meter import MeteredConsumer, MeteredEviction, MeteredObserver, PolicyMeter, metered_filter
+from agentrt.sched.policies import BATCH_CAPPED, PREFETCHING, PROGRAM_ORDERED, block_costs, make_policy, worth_swapping
 from agentrt.sched.predictor import ToolPausePredictor
 from agentrt.sched.prefetch import NextAgentPrefetcher, Prefetch
 from agentrt.sched.program_table import ProgramTable
@@ -26,13 +27,15 @@ class WorkflowScheduler:
     """`policy`: lru, continuum, kvflow or agentrt (see agentrt.sched.policies). `order` overrides
     the policy's queue order (request, program, las). `admission` starts a program only when the
     device tier can hold it beside the running ones; `max_programs` (implies admission) also caps
-    how many run at once. `prefetch` is the engine's host-tier prefetch (None: no prefetch).
+    how many run at once. `batch_cap` (agentrt's default) runs as many programs at once as the
+    device's measured step costs make worth it (agentrt.sched.batch_cap); `max_programs` replaces
+    it. `prefetch` is the engine's host-tier prefetch (None: no prefetch).
     `meter` times every part's decisions (benchmarks print policy time per step)."""
 
     def __init__(self, policy: str = "agentrt", *, kv: KVSpec, prefetch: Prefetch | None = None,
                  clock: Clock = MONOTONIC, order: str | None = None, admission: bool = False,
-                 max_programs: int | None = None, predictor: ToolPausePredictor | None = None,
-                 meter: PolicyMeter | None = None):
+                 max_programs: int | None = None, batch_cap: bool | None = None,
+                 predictor: ToolPausePredictor | None = None, meter: PolicyMeter | None = None):
         self.name, self.clock = policy, clock
         self.table = ProgramTable(predictor, clock)
         eviction, consumers = make_policy(policy, self.table)
@@ -40,15 +43,23 @@ class WorkflowScheduler:
         if meter is not None:
             eviction = MeteredEviction(eviction, meter)
             swap = metered_filter(swap, meter) if swap is not None else None
-        self.engine_policy = EnginePolicy(eviction, swap,
-                                          order or ("program" if policy in PROGRAM_ORDERED else "request"))
+        if batch_cap is None:
+            batch_cap = policy in BATCH_CAPPED and max_programs is None
+        self.step_cost = StepCost() if batch_cap else None
+        observer = self.step_cost
+        if meter is not None and observer is not None:
+            observer = MeteredObserver(observer, meter)
+        self.engine_policy = EnginePolicy(eviction, swap, order or ("program" if policy in PROGRAM_ORDERED else "request"),
+                                          observer)
         self.prefetcher = None
         if policy in PREFETCHING and prefetch is not None:
             self.prefetcher = NextAgentPrefetcher(prefetch, timed=policy == "agentrt", predictor=self.table.predictor)
             consumers.append(self.prefetcher)
         self.admission = None
-        if admission or max_programs is not None:
-            self.admission = AdmissionGate(kv.capacity_tokens, max_programs=max_programs)
+        if admission or max_programs is not None or batch_cap:
+            by_memory = admission or max_programs is not None
+            self.admission = AdmissionGate(kv.capacity_tokens if by_memory else None, max_programs=max_programs,
+                                           cap=self.step_cost.cap if batch_cap else None)
             consumers.append(self.admission)
         self._consumers = (self.table, *consumers)
         if meter is not None:

@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 from agentrt.engine.eviction import EvictionPolicy
+from agentrt.engine.observe import EngineObserver
 
 
 class PolicyMeter:
@@ -77,5 +78,20 @@ class MeteredConsumer:
         began = time.perf_counter()
         try:
             self.inner.publish(event)
+        finally:
+            self.meter.add(self.part, time.perf_counter() - began)
+
+
+class MeteredObserver(EngineObserver):
+    """A policy's step observer (agentrt's step costs) whose `on_computed` is timed under its class
+    name; it watches nothing else."""
+
+    def __init__(self, inner: EngineObserver, meter: PolicyMeter):
+        self.inner, self.meter, self.part = inner, meter, type(inner).__name__
+
+    def on_computed(self, batch, seconds: float) -> None:
+        began = time.perf_counter()
+        try:
+            self.inner.on_computed(batch, seconds)
         finally:
             self.meter.add(self.part, time.perf_counter() - began)

@@ -30,6 +30,7 @@ PREFILL_SECONDS_PER_TOKEN = 1 / 600      # smollm2-135M, fp32, 2 CPU threads (`a
 HOST_COPY_BYTES_PER_SECOND = 10e9        # a host <-> device block copy (CPU memcpy; PCIe is of the same order)
 PROGRAM_ORDERED = ("continuum", "continuum-ttl", "agentrt")        # admit by program arrival, not request arrival
 PREFETCHING = ("kvflow", "agentrt")               # bring the next agents' prefixes back ahead of need
+BATCH_CAPPED = ("agentrt",)                       # run as many programs at once as step costs make worth it
 
 
 class ContinuumPolicy(RankedPolicy):
