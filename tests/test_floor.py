@@ -86,3 +86,18 @@ def test_belady_with_a_host_tier_counts_both_tiers():
     med = {p: e["median"] for p, e in json.loads(result.stdout)["policies"].items()}
     assert med["lru"]["belady_recomputed_tokens"] > 0           # the device tier alone must lose blocks
     assert med["lru+host"]["belady_recomputed_tokens"] == 0     # the host tier holds every one of them
+
+
+def test_the_floor_stays_a_floor_when_the_profile_models_the_padded_prefill_batch(tiny_loaded):
+    import dataclasses
+    padded = dataclasses.replace(PROFILE, context_padded_s=1e-7, decode_padded=True, decode_shared_token_s=1e-6)
+    clock = VirtualClock()
+    engine = LLMEngine(tiny_loaded, EngineConfig(device="cpu", dtype="float32", kv_cache_tokens=4096),
+                       runner=sim_runner(padded, clock, token=97, block_bytes=4096), clock=clock)
+    engine.generate([[5] * 300], SamplingParams(max_tokens=4, ignore_eos=True))
+    before = clock.now()
+    engine.generate([[5] * 300 + [7] * 100], SamplingParams(max_tokens=10, ignore_eos=True))
+    spent = clock.now() - before
+    floor = call_floor_s(padded, 300, 100, 10)
+    assert floor > call_floor_s(PROFILE, 300, 100, 10)          # the padded batch is charged
+    assert floor <= spent <= call_floor_s(padded, 288, 112, 10) + 1e-12    # block-aligned reuse, 400 keys padded

@@ -38,3 +38,31 @@ def test_steps_are_set_against_a_profile_by_kind():
     assert by_kind["decode"]["error"] == pytest.approx(-0.5) and by_kind["prefill"]["error"] == pytest.approx(0.0)
     assert by_kind["mixed"]["sim_ms"] == pytest.approx(112.0) and by_kind["mixed"]["steps"] == 1
     assert sum(k["share_of_time"] for k in by_kind.values()) == pytest.approx(1.0)
+
+
+def test_a_profile_fitted_to_recorded_steps_recovers_the_padded_and_shared_terms():
+    import numpy as np
+
+    from agentrt.bench.calibrate import fit_steps
+    truth = dict(base_s=0.1, prefill_token_s=2e-3, decode_seq_s=5e-3, context_token_s=1e-6,
+                 decode_context_token_s=1.2e-5, context_padded_s=3e-8, decode_shared_token_s=4e-6)
+    profile = StepProfile("t", "truth", decode_padded=True, **truth)
+    rng = np.random.default_rng(1)
+    rows = []
+    for _ in range(300):
+        p, d = int(rng.integers(0, 2048)) * int(rng.random() < 0.6), int(rng.integers(0, 24))
+        longest, shared = int(rng.integers(200, 4000)), 0
+        if d > 1 and rng.random() < 0.5:
+            shared = 16 * int(rng.integers(4, longest // 16))
+        pctx = p * int(rng.integers(0, 3000)) + p * (p + 1) // 2 if p else 0
+        padded = p * int(rng.integers(1, 3)) * int(rng.integers(500, 4000)) if p else 0
+        row = [p, d, pctx, 0, longest, 1 if padded else 0, padded, shared]
+        if p == 0 and d == 0:
+            continue
+        rows.append([*row, profile.step_seconds(p, d, pctx, 0, longest, padded, shared)])
+    values, details = fit_steps(rows)
+    for k, v in truth.items():
+        assert values[k] == pytest.approx(v, rel=1e-3), k
+    assert details["steps"] == len(rows) and details["max_abs_rel_error"] < 1e-6
+    fitted = StepProfile("f", "fit", decode_padded=True, **values)
+    assert fitted.models_padding and compare_steps(rows, fitted)[0]["error"] == pytest.approx(0.0, abs=1e-6)

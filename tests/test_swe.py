@@ -225,6 +225,19 @@ def test_fidelity_runs_a_real_report_again_on_the_simulator(tmp_path):
     assert {k["kind"] for k in fid["steps"]} <= {"decode", "prefill", "mixed"} and fid["steps"]
     assert sum(k["steps"] for k in fid["steps"]) == sum(len(runs[0]) for runs in logs.values())
     assert sum(k["share_of_time"] for k in fid["steps"]) == pytest.approx(1.0, abs=0.01)
+    # a profile fitted to those steps, written where asked, and read back by the simulator
+    fitted = tmp_path / "fitted.json"
+    cal = CliRunner().invoke(app, ["bench", "calibrate", "--model", "tiny-random-llama", "--threads", "1",
+                                   "--from-report", str(saved), "--out", str(fitted), "--json"], catch_exceptions=False)
+    assert cal.exit_code == 0, cal.stderr
+    profile = json.loads(fitted.read_text())
+    assert profile["decode_padded"] and "fitted to the" in profile["source"] and profile["base_s"] >= 0
+    assert profile["fit"]["steps"] == sum(len(runs[0]) for runs in logs.values())
+    stripped = tmp_path / "nosteps.json"
+    stripped.write_text(json.dumps({k: v for k, v in report.items() if k not in ("step_logs", "step_fields")}))
+    bad = CliRunner().invoke(app, ["bench", "calibrate", "--model", "tiny-random-llama", "--from-report",
+                                   str(stripped), "--out", str(tmp_path / "x.json")])
+    assert bad.exit_code == 2 and "kept no steps" in bad.output + (bad.stderr or "")
     bad = CliRunner().invoke(app, ["bench", "fidelity", str(tmp_path / "none.json")])
     assert bad.exit_code == 2 and "no such report" in bad.output + (bad.stderr or "")
 

@@ -86,20 +86,57 @@ def fit(points: list[tuple[tuple[int, int, int, int], float]]) -> tuple[dict[str
     """Non-negative least squares over the five terms (by dropping negative ones), in relative error."""
     x = np.array([[1.0, *shape] for shape, _ in points], dtype=float)
     y = np.array([s for _, s in points])
+    values, rel = _fit_relative(x, y, TERMS)
+    return values, {"points": [[*shape, round(s, 6)] for shape, s in points],
+                    "median_abs_rel_error": round(float(np.median(rel)), 4), "max_abs_rel_error": round(float(rel.max()), 4)}
+
+
+def _fit_relative(x: np.ndarray, y: np.ndarray, terms: tuple[str, ...]) -> tuple[dict[str, float], np.ndarray]:
+    """Least squares of y on x's columns (named by `terms`) weighted by 1/y, dropping the most negative
+    coefficient until none is left; the fitted values and every row's relative error."""
     w = 1.0 / y
-    active = list(range(len(TERMS)))
+    active = list(range(len(terms)))
     while True:
         coef, *_ = np.linalg.lstsq(x[:, active] * w[:, None], y * w, rcond=None)
         if (coef >= 0).all() or len(active) == 1:
             break
         active.pop(int(np.argmin(coef)))
-    values = {name: 0.0 for name in TERMS}
+    values = {name: 0.0 for name in terms}
     for i, c in zip(active, coef):
-        values[TERMS[i]] = float(max(c, 0.0))
-    pred = x @ np.array([values[t] for t in TERMS])
-    rel = np.abs(pred - y) / y
-    return values, {"points": [[*shape, round(s, 6)] for shape, s in points],
-                    "median_abs_rel_error": round(float(np.median(rel)), 4), "max_abs_rel_error": round(float(rel.max()), 4)}
+        values[terms[i]] = float(max(c, 0.0))
+    pred = x @ np.array([values[t] for t in terms])
+    return values, np.abs(pred - y) / y
+
+
+STEP_TERMS = (*TERMS, "context_padded_s", "decode_shared_token_s")
+
+
+def fit_steps(rows: list[list[float]]) -> tuple[dict[str, float], dict]:
+    """The seven-term model (the five, the padded prefill batch, the shared decode prefix) fitted to
+    steps a real run recorded (agentrt.bench.steps rows), in relative error."""
+    x = np.array([[1.0, p, d, pctx, d * (longest - shared), padded, d * shared]
+                  for p, d, pctx, _, longest, _, padded, shared, _ in rows], dtype=float)
+    y = np.array([r[-1] for r in rows], dtype=float)
+    keep = y > 0
+    values, rel = _fit_relative(x[keep], y[keep], STEP_TERMS)
+    return values, {"steps": int(keep.sum()), "median_abs_rel_error": round(float(np.median(rel)), 4),
+                    "max_abs_rel_error": round(float(rel.max()), 4)}
+
+
+def profile_from_report(report: dict, *, name: str, block_bytes: int) -> StepProfile:
+    """A profile fitted to every step a saved real-engine report recorded (`bench workflows --save`)."""
+    from agentrt.bench.steps import STEP_FIELDS
+    if report.get("step_fields") != list(STEP_FIELDS) or not report.get("step_logs"):
+        raise ValueError("the report kept no steps of the real engine (a real-engine `bench workflows --save` "
+                         "report of this version keeps them)")
+    rows = [row for runs in report["step_logs"].values() for run in runs for row in run]
+    values, details = fit_steps(rows)
+    m = report["machine"]
+    source = (f"fitted to the {len(rows)} steps of a real `bench workflows` run ({report['describe']}; "
+              f"{m.get('cpu_capability')} CPU, {m.get('processor')}; {report['model']}, {m.get('dtype')}, "
+              f"{m.get('threads')} threads; code {report.get('code')})")
+    return StepProfile(name=name, source=source, block_bytes=block_bytes, fit=details, host_bytes_per_s=10e9,
+                       decode_padded=True, **values)
 
 
 def calibrate(loaded: LoadedModel, *, threads: int, dtype: str, name: str, machine: str,

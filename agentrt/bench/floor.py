@@ -20,7 +20,8 @@ def call_floor_s(profile: StepProfile, context_before: int, new_tokens: int, out
     """One LLM call alone: one prefill step for `new_tokens` after `context_before` cached ones
     (it samples the first output token), then a decode step per further output token."""
     prefill_read = new_tokens * context_before + new_tokens * (new_tokens + 1) // 2
-    seconds = profile.step_seconds(new_tokens, 0, prefill_read)
+    padded = new_tokens * (context_before + new_tokens) if context_before else 0   # a batch of one row (keys unrounded)
+    seconds = profile.step_seconds(new_tokens, 0, prefill_read, context_padded=padded)
     steps = max(0, out_tokens - 1)
     context = context_before + new_tokens
     decode_read = steps * context + steps * (steps + 1) // 2

@@ -3,8 +3,8 @@ check compares with a step profile, step by step, to find where the simulator's 
 
 A row (`STEP_FIELDS`): the profile's five shape terms (`agentrt.engine.sim.batch_shape`), then what
 the torch CPU path pads or shares that those terms do not see:
-* `ctx_rows`, `ctx_padded`: prefill chunks that read earlier context run as one padded batch
-  (rows x the longest chunk x the most keys); `ctx_padded` is that product, in query-key pairs.
+* `ctx_rows`, `ctx_padded`: prefill chunks that read earlier context run as one padded batch: its
+  rows, and its rows x the longest chunk x the most keys, in query-key pairs.
 * `decode_shared`: leading KV tokens every decode of the step shares (read once, the cascade path),
   0 when there is no cascade.
 
@@ -19,38 +19,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from agentrt.engine.observe import EngineObserver
-from agentrt.engine.sim import StepProfile, batch_shape
+from agentrt.engine.sim import StepProfile, batch_shape, padding_shape
 
 STEP_FIELDS = ("prefill", "decode", "prefill_ctx", "decode_ctx", "decode_longest", "ctx_rows", "ctx_padded",
                "decode_shared", "seconds")
-CASCADE_MIN_BLOCKS = 4        # the runner's MIN_SHARED_BLOCKS: fewer shared blocks take no cascade
-
-
-def padded_context(batch, block_size: int) -> tuple[int, int]:
-    """(rows, rows x longest chunk x most keys) of the step's prefill chunks that read earlier context."""
-    rows, longest, keys = 0, 0, 0
-    for req, n in zip(batch.requests, batch.num_new_tokens):
-        start = req.num_computed_tokens
-        if n > 1 or start < req.num_prompt_tokens:
-            if start > 0:
-                rows += 1
-                longest = max(longest, n)
-                keys = max(keys, -(-(start + n) // block_size) * block_size)
-    return rows, rows * longest * keys
-
-
-def shared_decode_tokens(batch, block_size: int) -> int:
-    """Leading KV tokens common to every decode row of the step, as the CPU runner's cascade finds them."""
-    rows = [req for req, n in zip(batch.requests, batch.num_new_tokens)
-            if n == 1 and req.num_computed_tokens >= req.num_prompt_tokens]
-    if len(rows) < 2:
-        return 0
-    own_last = min(-(-(r.num_computed_tokens + 1) // block_size) for r in rows) - 1   # its last block is its own
-    first = rows[0].block_table
-    shared = 0
-    while shared < own_last and all(r.block_table[shared].block_id == first[shared].block_id for r in rows[1:]):
-        shared += 1
-    return shared * block_size if shared >= CASCADE_MIN_BLOCKS else 0
 
 
 class StepRecorder(EngineObserver):
@@ -61,8 +33,7 @@ class StepRecorder(EngineObserver):
         self.rows: list[tuple] = []
 
     def on_computed(self, batch, seconds: float) -> None:
-        self.rows.append((*batch_shape(batch), *padded_context(batch, self.block_size),
-                          shared_decode_tokens(batch, self.block_size), round(seconds, 6)))
+        self.rows.append((*batch_shape(batch), *padding_shape(batch, self.block_size), round(seconds, 6)))
 
 
 def step_logs(runs: dict[str, list]) -> dict[str, Any]:
@@ -86,7 +57,7 @@ def compare_steps(rows: Sequence[Sequence], profile: StepProfile) -> list[dict[s
     against what the profile predicts for the same shapes, and the share of measured time."""
     groups: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for row in rows:
-        predicted = profile.step_seconds(*row[:5])
+        predicted = profile.step_seconds(*row[:5], *row[6:8])
         groups[step_kind(row)].append((row[-1], predicted))
     total = sum(r[-1] for r in rows) or 1.0
     out = []

@@ -294,6 +294,9 @@ def bench_calibrate(
     threads: ThreadsOpt = 2,
     out_path: Annotated[Path | None, typer.Option("--out", help="where to write the profile (default: the "
                                                                 "package's profiles/cpu.json)")] = None,
+    from_report: Annotated[Path | None, typer.Option("--from-report", help="fit to the steps a saved real-engine "
+                                                     "`bench workflows` run recorded instead of measuring (adds "
+                                                     "the padded prefill batch and the shared decode prefix)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit the simulated backend's step-time model to this machine's engine (writes the `cpu` profile).
@@ -309,18 +312,29 @@ def bench_calibrate(
         harness, _ = _load_harness(model, dtype, threads, 0, 64, ProgramOrder.fcfs, None, None, None)
     machine = machine_info(dtype, threads)
     cpu = f"{machine['cpu_capability']} CPU, {machine['processor']}"
-    profile = calibrate(harness.loaded, threads=threads, dtype=dtype, name="cpu", machine=cpu,
-                        block_bytes=harness.kv_bytes_per_token() * harness.block_size,
-                        log=lambda m: err.print(m, markup=False))
+    block_bytes = harness.kv_bytes_per_token() * harness.block_size
+    if from_report is not None:
+        from agentrt.bench.calibrate import profile_from_report
+        with user_errors():
+            if not from_report.is_file():
+                raise ValueError(f"no such report: {from_report}")
+            profile = profile_from_report(json.loads(from_report.read_text()), name="cpu", block_bytes=block_bytes)
+    else:
+        profile = calibrate(harness.loaded, threads=threads, dtype=dtype, name="cpu", machine=cpu,
+                            block_bytes=block_bytes, log=lambda m: err.print(m, markup=False))
     path = profile.save(out_path or PROFILE_DIR / "cpu.json")
     if as_json:
         return emit_json({"profile": str(path), **{k: getattr(profile, k) for k in
                                                    ("base_s", "prefill_token_s", "decode_seq_s", "context_token_s",
-                                                    "decode_context_token_s")},
+                                                    "decode_context_token_s", "context_padded_s",
+                                                    "decode_shared_token_s")},
                           "fit": {k: v for k, v in (profile.fit or {}).items() if k != "points"}})
     f = profile.fit or {}
     out.print(f"wrote {path}: step = {profile.base_s * 1e3:.2f} ms + {profile.prefill_token_s * 1e6:.1f} µs/prefill "
               f"token + {profile.decode_seq_s * 1e6:.1f} µs/decode seq + {profile.context_token_s * 1e9:.2f} ns/context "
-              f"token a prefill reads + {profile.decode_context_s * 1e9:.2f} ns/context token a decode reads; "
-              f"median |error| {f.get('median_abs_rel_error', 0):.1%}, max {f.get('max_abs_rel_error', 0):.1%} "
-              f"over {len(f.get('points', []))} steps ({cpu})")
+              f"token a prefill reads + {profile.decode_context_s * 1e9:.2f} ns/context token a decode reads"
+              + (f" + {profile.context_padded_s * 1e9:.3f} ns/padded query-key pair + "
+                 f"{profile.decode_shared_token_s * 1e9:.2f} ns/shared prefix token a decode reads"
+                 if profile.models_padding else "") +
+              f"; median |error| {f.get('median_abs_rel_error', 0):.1%}, max {f.get('max_abs_rel_error', 0):.1%} "
+              f"over {f.get('steps', len(f.get('points', [])))} steps ({cpu})")

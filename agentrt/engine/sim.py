@@ -23,6 +23,7 @@ from agentrt.clock import VirtualClock
 from agentrt.engine.backend import RunnerLayout, StepOutput
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+CASCADE_MIN_BLOCKS = 4          # the CPU runner's MIN_SHARED_BLOCKS: fewer shared blocks take no cascade
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,11 @@ class StepProfile:
     # the engine pads a decode batch to its longest context (the torch CPU path gathers every row's
     # blocks into one dense tensor): e is paid on decode sequences x the longest, not on their sum
     decode_padded: bool = False
+    # what the torch CPU path pads and shares, where a profile fits them (0: not modelled): per query-key
+    # pair of the padded batch that prefill chunks after earlier context run as (rows x longest x keys),
+    # and per token of a prefix every decode of the step shares (read once: the cascade), for each decode
+    context_padded_s: float = 0.0
+    decode_shared_token_s: float = 0.0
     host_bytes_per_s: float = 10e9     # host <-> device copies
     # swap-outs copy on their own stream beside compute (SGLang HiCache's write-back, vLLM's offload
     # connector): a step waits only for what the previous moves' write-back has not finished. False:
@@ -52,11 +58,22 @@ class StepProfile:
     def decode_context_s(self) -> float:
         return self.context_token_s if self.decode_context_token_s is None else self.decode_context_token_s
 
+    @property
+    def models_padding(self) -> bool:
+        """Whether step times need the padded prefill batch and the shared decode prefix (`padding_shape`)."""
+        return bool(self.context_padded_s or self.decode_shared_token_s)
+
     def step_seconds(self, prefill_tokens: int, decode_seqs: int, context_tokens: int,
-                     decode_context_tokens: int = 0, decode_longest: int = 0) -> float:
-        read = decode_seqs * decode_longest if self.decode_padded else decode_context_tokens
+                     decode_context_tokens: int = 0, decode_longest: int = 0, context_padded: int = 0,
+                     decode_shared: int = 0) -> float:
+        if self.decode_padded:                     # rows padded to the longest; a shared prefix costs its own rate
+            shared = decode_shared if self.decode_shared_token_s else 0
+            read = decode_seqs * (decode_longest - shared)
+        else:
+            shared, read = 0, decode_context_tokens
         return (self.base_s + self.prefill_token_s * prefill_tokens + self.decode_seq_s * decode_seqs
-                + self.context_token_s * context_tokens + self.decode_context_s * read)
+                + self.context_token_s * context_tokens + self.decode_context_s * read
+                + self.context_padded_s * context_padded + self.decode_shared_token_s * decode_seqs * shared)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -97,6 +114,34 @@ def batch_shape(batch) -> tuple[int, int, int, int, int]:
     return prefill, decode, context, decode_context, longest
 
 
+def padding_shape(batch, block_size: int) -> tuple[int, int, int]:
+    """(rows of the padded batch that prefill chunks after earlier context run as, its query-key
+    pairs: rows x longest chunk x most keys; leading tokens every decode of the step shares, as the
+    CPU path's cascade finds them: at least 4 whole blocks, each row's last block its own)."""
+    rows = longest = keys = 0
+    decodes = []
+    for req, n in zip(batch.requests, batch.num_new_tokens):
+        start = req.num_computed_tokens
+        if n == 1 and start >= req.num_prompt_tokens:
+            decodes.append(req)
+        elif start > 0:
+            rows += 1
+            longest = max(longest, n)
+            keys = max(keys, -(-(start + n) // block_size) * block_size)
+    return rows, rows * longest * keys, _shared_blocks(decodes, block_size) * block_size
+
+
+def _shared_blocks(decodes: list, block_size: int) -> int:
+    if len(decodes) < 2:
+        return 0
+    own_last = min(-(-(r.num_computed_tokens + 1) // block_size) for r in decodes) - 1
+    first = decodes[0].block_table
+    shared = 0
+    while shared < own_last and all(r.block_table[shared].block_id == first[shared].block_id for r in decodes[1:]):
+        shared += 1
+    return shared if shared >= CASCADE_MIN_BLOCKS else 0
+
+
 class SimRunner:
     """Implements agentrt.engine.backend.Runner on a virtual clock."""
     prefetch_inline = True                 # prefetches complete where they are asked for (no thread)
@@ -110,7 +155,8 @@ class SimRunner:
         self.write_back_until = 0.0        # overlap_swap_out: when the queued swap-outs are done
 
     def run(self, batch) -> StepOutput:
-        seconds = self.profile.step_seconds(*batch_shape(batch))
+        padding = padding_shape(batch, self.layout.block_size)[1:] if self.profile.models_padding else ()
+        seconds = self.profile.step_seconds(*batch_shape(batch), *padding)
         self.clock.advance(seconds)
         self.steps += 1
         self.busy_s += seconds
